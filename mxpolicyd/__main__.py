@@ -1,0 +1,3 @@
+from mxpolicyd.cli import main
+
+main()

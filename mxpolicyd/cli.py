@@ -1,0 +1,349 @@
+"""
+The command line: run the daemon, ask it, or evaluate a domain directly.
+
+C{mxpolicyd} with no subcommand runs the daemon.  The administrator's
+subcommands print for people by default and for scripts with C{--json}; exit
+codes follow postmap where they can (0 found, 1 not found) and sysexits
+otherwise (75 temporary failure, 2 usage or configuration error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+from typing import Any, Sequence, TextIO, cast
+
+from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+
+from mxpolicyd import __version__
+from mxpolicyd.config import Config, ConfigError, load
+from mxpolicyd.domain import normalise
+from mxpolicyd.socketmap import netstring
+
+EXIT_FOUND = 0
+EXIT_NOTFOUND = 1
+EXIT_ERROR = 2
+EXIT_TEMPFAIL = 75
+
+
+def _observer(stream: TextIO, level: LogLevel) -> FilteringLogObserver:
+    """
+    One line per event: level and text, no timestamp (journald and
+    syslog add their own), tracebacks indented under it.
+    """
+
+    def emit(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        if _UDP_CHATTER.match(text):
+            return
+        if "log_failure" in event:
+            text += "\n" + event["log_failure"].getTraceback().rstrip()
+        ev_level = event.get("log_level", LogLevel.info)
+        prefix = "<%d>" % _SYSLOG.get(ev_level, 6) if _journald(stream) else ""
+        for i, line in enumerate(text.splitlines() or [""]):
+            stream.write("%s%s%s\n" % (prefix, "" if i == 0 else "    ", line))
+        stream.flush()
+
+    return FilteringLogObserver(
+        cast(ILogObserver, emit), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+
+
+# Twisted logs every UDP port's opening and closing, unconditionally: one
+# pair per DNS query, which would drown the log.
+_UDP_CHATTER = re.compile(r"_DatagramQuery starting on \d+$|\(UDP Port \d+ Closed\)$")
+
+_SYSLOG = {
+    LogLevel.debug: 7,
+    LogLevel.info: 6,
+    LogLevel.warn: 4,
+    LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+
+
+def _journald(stream: TextIO) -> bool:
+    import os
+
+    return stream is sys.stderr and bool(os.environ.get("JOURNAL_STREAM"))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load(args.config)
+    except ConfigError as e:
+        print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def _check_listeners(config: Config, reactor: Any) -> None:
+    from twisted.internet import endpoints
+
+    for description in config.socketmap.listen:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as e:
+            raise ConfigError(
+                "%s: socketmap.listen entry %r is not a valid endpoint: %s"
+                % (config.source, description, e)
+            )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor, task
+
+    from mxpolicyd.tap import make_daemon
+
+    config = _load(args)
+    globalLogBeginner.beginLoggingTo(
+        [_observer(sys.stderr, LogLevel.debug if args.debug else LogLevel.info)],
+        redirectStandardIO=False,
+    )
+    try:
+        _check_listeners(config, reactor)
+    except ConfigError as e:
+        print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
+        return EXIT_ERROR
+
+    def main(reactor: Any) -> Deferred[None]:
+        try:
+            daemon = make_daemon(config, reactor)
+        except ConfigError as e:
+            print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
+            raise SystemExit(EXIT_ERROR)
+        daemon.service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
+        from twisted.logger import Logger
+
+        Logger(namespace="mxpolicyd").info(
+            "mxpolicyd {version} serving socketmap on {listen} with {count} cached domains",
+            version=__version__,
+            listen=", ".join(config.socketmap.listen),
+            count=len(daemon.cache),
+        )
+        return Deferred()
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _client_address(config: Config, override: str | None) -> tuple[int, Any]:
+    """Where a socketmap client reaches the daemon, from its listen strings."""
+    candidates = [override] if override else list(config.socketmap.listen)
+    for description in candidates:
+        parts = description.split(":")
+        kind = parts[0]
+        if kind == "unix" and len(parts) > 1:
+            path = [p for p in parts[1:] if "=" not in p]
+            options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+            return socket.AF_UNIX, (path[0] if path else options["address"])
+        if kind in ("tcp", "tcp6") or description.isdigit():
+            rest = parts[1:] if not description.isdigit() else [description]
+            options = dict(p.split("=", 1) for p in rest if "=" in p)
+            positional = [p for p in rest if "=" not in p]
+            if override and len(positional) >= 2:
+                host, port = positional[0], positional[1]
+            else:
+                port = options.get("port", positional[0] if positional else "8461")
+                host = options.get("interface", "127.0.0.1")
+            if host in ("0.0.0.0", ""):
+                host = "127.0.0.1"
+            if host == "::":
+                host = "::1"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return family, (host, int(port))
+    raise ConfigError(
+        "no tcp: or unix: listener in socketmap.listen to connect to; "
+        "use --socket tcp:HOST:PORT or --socket unix:PATH"
+    )
+
+
+def socketmap_request(family: int, address: Any, name: str, key: bytes,
+                      timeout: float = 100.0) -> bytes:
+    """One blocking socketmap exchange, as Postfix would do it."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(address)
+        s.sendall(netstring(name.encode("ascii") + b" " + key))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, colon, rest = data.partition(b":")
+            if colon and head.isdigit() and len(rest) > int(head):
+                return rest[: int(head)]
+    raise OSError("connection closed before a complete reply")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        family, address = _client_address(config, args.socket)
+        reply = socketmap_request(family, address, args.map, args.domain.encode("utf-8"))
+    except (OSError, ConfigError) as e:
+        print("mxpolicyd: cannot query the daemon: %s" % (e,), file=sys.stderr)
+        return EXIT_ERROR
+    status, _, value = reply.decode("utf-8", "replace").partition(" ")
+    code = {"OK": EXIT_FOUND, "NOTFOUND": EXIT_NOTFOUND, "TEMP": EXIT_TEMPFAIL,
+            "TIMEOUT": EXIT_TEMPFAIL}.get(status, EXIT_ERROR)
+    if args.json:
+        print(json.dumps({"domain": args.domain, "map": args.map,
+                          "status": status, "value": value}))
+    elif status == "OK":
+        print("%s\t%s" % (args.domain, value))
+    elif status != "NOTFOUND":
+        print("%s: %s %s" % (args.domain, status, value), file=sys.stderr)
+    return code
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from twisted.internet import task
+
+    from mxpolicyd.tap import build_evaluator
+    from mxpolicyd.verdict import postfix_reply, decide
+
+    config = _load(args)
+    domain = normalise(args.domain.encode("utf-8"))
+    if domain is None:
+        result: dict[str, Any] = {
+            "domain": args.domain,
+            "rule": "not a plain domain name: answered NOTFOUND with no lookup",
+            "action": "none",
+            "postfix": "NOTFOUND",
+            "steps": [],
+        }
+        _print_explain(result, args.json)
+        return EXIT_NOTFOUND
+    outcome: dict[str, Any] = {}
+
+    async def main(reactor: Any) -> None:
+        evaluator = build_evaluator(config, reactor)
+        trace: list[dict[str, Any]] = []
+        state = await evaluator.evaluate(domain, None, trace)
+        verdict = decide(domain, state, reactor.seconds())
+        profile = config.profiles.get(args.map) or config.profiles["postfix"]
+        reply = postfix_reply(verdict, profile).decode("ascii")
+        policy = verdict.policy or state.sts.policy
+        outcome.update(
+            domain=domain,
+            action=verdict.action.value,
+            rule=verdict.rule,
+            postfix=reply.strip(),
+            map=profile.name,
+            mta_sts={
+                "record": state.sts.record,
+                "policy_id": state.sts.policy_id,
+                "policy": None if policy is None else {
+                    "mode": policy.mode,
+                    "max_age": policy.max_age,
+                    "mx": list(policy.mx),
+                    "text": "\n".join(policy.canonical_lines()),
+                },
+                "failure": state.sts.failure,
+            },
+            steps=trace,
+        )
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    except SystemExit as e:
+        if e.code:
+            return EXIT_ERROR
+    _print_explain(outcome, args.json)
+    return EXIT_FOUND if outcome["postfix"].startswith("OK") else (
+        EXIT_TEMPFAIL if outcome["postfix"].startswith("TEMP") else EXIT_NOTFOUND)
+
+
+def _print_explain(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    print("domain:  %s" % result["domain"])
+    for step in result.get("steps", []):
+        kind = step.get("step")
+        details = ", ".join(
+            "%s=%s" % (k, v) for k, v in step.items() if k not in ("step", "body")
+        )
+        print("  %-7s %s" % (kind, details))
+        if "body" in step:
+            for line in step["body"].splitlines():
+                print("          | %s" % line)
+    print("rule:    %s" % result["rule"])
+    print("verdict: %s" % result["action"])
+    print("postfix: %s" % result["postfix"])
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    try:
+        config = load(args.config)
+        _check_listeners(config, reactor)
+    except ConfigError as e:
+        print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
+        return EXIT_ERROR
+    print("%s: OK" % (config.source,))
+    print("  socketmap: %s" % ", ".join(config.socketmap.listen))
+    print("  maps:      %s" % ", ".join(sorted(config.profiles)))
+    print("  store:     %s" % config.store_path)
+    print("  resolver:  %s" % (", ".join(config.dns.nameservers) or "from /etc/resolv.conf"))
+    return EXIT_FOUND
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="FILE",
+                        help="configuration file (default /etc/mxpolicyd/mxpolicyd.toml "
+                        "if it exists, else the embedded defaults)")
+    p = argparse.ArgumentParser(
+        prog="mxpolicyd", parents=[common],
+        description="MTA-STS and DANE TLS policy daemon for Postfix and Exim.")
+    p.add_argument("--version", action="version", version=__version__)
+    p.add_argument("--debug", action="store_true", help="log debug events")
+    p.set_defaults(func=cmd_run)
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="run the daemon (the default)")
+    r.add_argument("--debug", action="store_true", help="log debug events")
+    r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("query", parents=[common],
+                       help="ask the running daemon, as Postfix would")
+    q.add_argument("domain")
+    q.add_argument("--map", default="postfix", help="socketmap name (default postfix)")
+    q.add_argument("--socket", metavar="ENDPOINT",
+                   help="tcp:HOST:PORT or unix:PATH (default: the first listener)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("explain", parents=[common],
+                       help="evaluate a domain now and show the evidence and rule")
+    e.add_argument("domain")
+    e.add_argument("--map", default="postfix", help="profile to render (default postfix)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    raise SystemExit(args.func(args))

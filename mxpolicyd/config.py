@@ -1,0 +1,377 @@
+"""
+Configuration: one TOML file, read with tomllib and validated as a whole.
+
+Every other module takes plain values from a L{Config}; nothing else reads
+the file.  Validation happens once, at start-up (and later on reload), and an
+error names the file, the key and what would be accepted, so that an
+administrator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+DEFAULT_PATH = "/etc/mxpolicyd/mxpolicyd.toml"
+DEFAULT_LISTEN = ("tcp:8461:interface=127.0.0.1",)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """
+    How a verdict is written for one socketmap name.
+
+    Postfix 3.7 to 3.9 defer mail when given TLSRPT attributes, so those are
+    off unless a profile asks for them.
+    """
+
+    name: str
+    servername: bool = True
+    strict_testing: bool = False
+    tlsrpt: bool = False
+
+
+BUILTIN_PROFILES: dict[str, Profile] = {
+    "postfix": Profile("postfix"),
+    "postfix-strict": Profile("postfix-strict", strict_testing=True),
+    "postfix-tlsrpt": Profile("postfix-tlsrpt", tlsrpt=True),
+}
+
+
+@dataclass(frozen=True)
+class SocketmapConfig:
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    max_request_size: int = 10000
+    idle_timeout: float = 60.0
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True)
+class LookupConfig:
+    deadline: float = 2.0
+    max_evaluations: int = 100
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 2.0
+    attempts: int = 2
+
+
+@dataclass(frozen=True)
+class MTASTSConfig:
+    trust_root: str | None = None
+    fetch_timeout: float = 60.0
+    block_private: bool = False
+    txt_ttl_min: int = 60
+    txt_ttl_max: int = 3600
+    retry_interval: int = 300
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = ""
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    state_directory: str
+    socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    profiles: Mapping[str, Profile] = field(
+        default_factory=lambda: dict(BUILTIN_PROFILES)
+    )
+    source: str = "(defaults)"
+
+    @property
+    def store_path(self) -> str:
+        return self.store.path or os.path.join(
+            self.state_directory, "mxpolicyd.sqlite"
+        )
+
+
+def default_state_directory(environ: Mapping[str, str] = os.environ) -> str:
+    """
+    Where the store lives when the file does not say.
+
+    systemd's StateDirectory= wins; otherwise the XDG state directory, so that
+    the daemon runs without root on its defaults.
+    """
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or str(Path.home()), ".local", "state"
+    )
+    return os.path.join(base, "mxpolicyd")
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Reads one table, checking types and remembering which keys were used."""
+
+    def __init__(self, source: str, path: str, table: Any) -> None:
+        self._source = source
+        self._path = path
+        if not isinstance(table, dict):
+            self.fail(path, "must be a table, like [%s]" % (path,))
+        self._table: dict[str, Any] = table
+        self._seen: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> None:
+        raise ConfigError("%s: %s %s" % (self._source, key, problem))
+
+    def _key(self, name: str) -> str:
+        return "%s.%s" % (self._path, name) if self._path else name
+
+    def get(
+        self,
+        name: str,
+        default: T,
+        kind: type | tuple[type, ...],
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T:
+        self._seen.add(name)
+        if name not in self._table:
+            return default
+        value = self._table[name]
+        # bool is an int in Python; a number field must not accept true.
+        if isinstance(value, bool) and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)
+        ):
+            self.fail(self._key(name), "must be a number, not %r" % (value,))
+        if not isinstance(value, kind):
+            self.fail(
+                self._key(name),
+                "must be %s, not %r" % (_kind_name(kind), value),
+            )
+        if isinstance(kind, tuple) and float in kind:
+            value = float(value)
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.fail(self._key(name), problem)
+        return value  # type: ignore[no-any-return,unused-ignore]
+
+    def positive(self, name: str, default: T) -> T:
+        kind: tuple[type, ...] = (int, float) if isinstance(default, float) else (int,)
+        return self.get(
+            name,
+            default,
+            kind,
+            lambda v: None if v > 0 else "must be greater than 0, not %r" % (v,),
+        )
+
+    def table(self, name: str) -> _Section:
+        self._seen.add(name)
+        return _Section(self._source, self._key(name), self._table.get(name, {}))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._table) - self._seen)
+        if unknown:
+            self.fail(
+                self._key(unknown[0]),
+                "is not a known setting (known here: %s)"
+                % (", ".join(sorted(self._seen)),),
+            )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+    }
+    return " or ".join(sorted({names.get(k, k.__name__) for k in kinds}))
+
+
+def _check_endpoint(value: str) -> str | None:
+    # Parsing the string needs a reactor only to listen; the syntax check
+    # of serverFromString's plugins happens at start-up.  Catch the obvious.
+    if not value or ":" not in value and not value.isdigit():
+        return "entry %r is not a Twisted endpoint string (e.g. %r)" % (
+            value,
+            DEFAULT_LISTEN[0],
+        )
+    return None
+
+
+def _check_address(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "entry %r is not an IP address" % (value,)
+    return None
+
+
+def _list_of(
+    section: _Section,
+    name: str,
+    default: tuple[str, ...],
+    check: Callable[[str], str | None],
+) -> tuple[str, ...]:
+    values = section.get(name, list(default), list)
+    for item in values:
+        if not isinstance(item, str):
+            section.fail(section._key(name), "must be a list of strings")
+        problem = check(item)
+        if problem:
+            section.fail(section._key(name), problem)
+    return tuple(values)
+
+
+def parse(data: Mapping[str, Any], source: str = "(string)",
+          environ: Mapping[str, str] = os.environ) -> Config:
+    """Validate a decoded TOML document and build a L{Config}."""
+    top = _Section(source, "", dict(data))
+
+    daemon = top.table("daemon")
+    state_directory = daemon.get(
+        "state_directory", default_state_directory(environ), str
+    )
+    daemon.finish()
+
+    sm = top.table("socketmap")
+    listen = _list_of(sm, "listen", DEFAULT_LISTEN, _check_endpoint)
+    socketmap = SocketmapConfig(
+        listen=listen,
+        max_request_size=sm.get(
+            "max_request_size",
+            10000,
+            int,
+            lambda v: None
+            if 64 <= v <= 100000
+            else "must be between 64 and 100000 bytes",
+        ),
+        idle_timeout=sm.positive("idle_timeout", 60.0),
+        max_connections=sm.positive("max_connections", 1000),
+    )
+    sm.finish()
+
+    lk = top.table("lookup")
+    lookup = LookupConfig(
+        deadline=lk.get(
+            "deadline",
+            2.0,
+            (int, float),
+            lambda v: None
+            if 0 <= v <= 90
+            else "must be between 0 and 90 seconds (Postfix waits 100 s)",
+        ),
+        max_evaluations=lk.positive("max_evaluations", 100),
+    )
+    lk.finish()
+
+    dn = top.table("dns")
+    dns = DNSConfig(
+        nameservers=_list_of(dn, "nameservers", (), _check_address),
+        port=dn.get(
+            "port", 53, int,
+            lambda v: None if 0 < v < 65536 else "must be a port number",
+        ),
+        timeout=dn.positive("timeout", 2.0),
+        attempts=dn.positive("attempts", 2),
+    )
+    dn.finish()
+
+    ms = top.table("mta_sts")
+    trust_root = ms.get("trust_root", "system", str)
+    if trust_root != "system" and not os.path.isfile(trust_root):
+        ms.fail(
+            "mta_sts.trust_root",
+            "names %r, which is not a readable file; give a PEM CA file "
+            'or "system"' % (trust_root,),
+        )
+    txt_ttl_min = ms.positive("txt_ttl_min", 60)
+    txt_ttl_max = ms.positive("txt_ttl_max", 3600)
+    if txt_ttl_max < txt_ttl_min:
+        ms.fail("mta_sts.txt_ttl_max", "must not be below mta_sts.txt_ttl_min")
+    mta_sts = MTASTSConfig(
+        trust_root=None if trust_root == "system" else trust_root,
+        fetch_timeout=ms.positive("fetch_timeout", 60.0),
+        block_private=ms.get("block_private", False, bool),
+        txt_ttl_min=txt_ttl_min,
+        txt_ttl_max=txt_ttl_max,
+        retry_interval=ms.get(
+            "retry_interval", 300, int,
+            # RFC 8461 s3.3: no sooner than five minutes after a failure.
+            lambda v: None if v >= 300 else "must be at least 300 (RFC 8461)",
+        ),
+    )
+    ms.finish()
+
+    st = top.table("store")
+    store = StoreConfig(
+        path=st.get("path", "", str),
+        flush_interval=st.positive("flush_interval", 1.0),
+    )
+    st.finish()
+
+    profiles = dict(BUILTIN_PROFILES)
+    pr = top.table("profiles")
+    for name in list(pr._table):
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            pr.fail("profiles." + name, "is not a valid map name "
+                    "(letters, digits, '-', '_', '.')")
+        base = profiles.get(name, Profile(name))
+        one = pr.table(name)
+        profiles[name] = Profile(
+            name,
+            servername=one.get("servername", base.servername, bool),
+            strict_testing=one.get("strict_testing", base.strict_testing, bool),
+            tlsrpt=one.get("tlsrpt", base.tlsrpt, bool),
+        )
+        one.finish()
+    pr.finish()
+    top.finish()
+
+    return Config(
+        state_directory=state_directory,
+        socketmap=socketmap,
+        lookup=lookup,
+        dns=dns,
+        mta_sts=mta_sts,
+        store=store,
+        profiles=profiles,
+        source=source,
+    )
+
+
+def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """
+    Read and validate the file at C{path}.
+
+    With no path, the default file is used if it exists and the embedded
+    defaults otherwise, so that a bare C{mxpolicyd} runs.
+    """
+    if path is None:
+        if not os.path.exists(DEFAULT_PATH):
+            return parse({}, "(defaults)", environ)
+        path = DEFAULT_PATH
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("%s: cannot read: %s" % (path, e.strerror)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("%s: not valid TOML: %s" % (path, e)) from None
+    return parse(data, path, environ)

@@ -1,0 +1,123 @@
+"""
+Domain state: the evidence that the evaluators gathered for one domain.
+
+This is what the store persists and what a restarted daemon answers from, so
+it holds times (seconds since the epoch, from the injected clock) rather than
+durations, and it round-trips through JSON.  The verdict is not stored: it is
+recomputed from the state, so a change of profile or of the answer rules
+never needs a migration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from mxpolicyd.sts import StsPolicy
+
+FOREVER = math.inf
+
+
+@dataclass(frozen=True)
+class StsState:
+    """
+    What RFC 8461 discovery and fetching last found for a domain.
+
+    C{policy} is the last successfully fetched policy, kept across failed
+    discoveries until it expires (RFC 8461 s5.1): a TXT record that goes
+    away, a dead resolver or a dead web server never drop it early.
+    """
+
+    policy: StsPolicy | None = None
+    policy_id: str | None = None
+    fetched_at: float = 0.0
+    expires_at: float = 0.0
+    # The TXT record as last seen, None when there was none (or no valid one).
+    record: str | None = None
+    checked_at: float = 0.0
+    # When the TXT record should be looked at again (its TTL, clamped).
+    due_at: float = 0.0
+    # The last failure, for logs and explain; None after a clean check.
+    failure: str | None = None
+    # Back-off after a failed fetch: no new fetch for this id before retry_at.
+    failed_id: str | None = None
+    retry_at: float = 0.0
+
+    def active_policy(self, now: float) -> StsPolicy | None:
+        """The policy a sender must apply now, if any."""
+        if self.policy is not None and now < self.expires_at:
+            return self.policy
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["policy"] = None if self.policy is None else self.policy.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StsState:
+        if not isinstance(data, dict):
+            raise ValueError("MTA-STS state is not an object")
+        policy = data.get("policy")
+        values: dict[str, Any] = {}
+        for name, kind in _STS_FIELDS.items():
+            if name == "policy" or name not in data:
+                continue
+            value = data[name]
+            if kind is _NUMBER:
+                if isinstance(value, bool) or not isinstance(value, kind):
+                    raise ValueError("MTA-STS state field %r is not a number" % name)
+                value = float(value)
+            elif value is not None and not isinstance(value, kind):
+                raise ValueError("MTA-STS state field %r has a bad type" % name)
+            values[name] = value
+        return replace(
+            cls(**values),
+            policy=None if policy is None else StsPolicy.from_json(policy),
+        )
+
+
+_NUMBER = (int, float)
+_STS_FIELDS: dict[str, Any] = {
+    "policy": dict,
+    "policy_id": str,
+    "fetched_at": _NUMBER,
+    "expires_at": _NUMBER,
+    "record": str,
+    "checked_at": _NUMBER,
+    "due_at": _NUMBER,
+    "failure": str,
+    "failed_id": str,
+    "retry_at": _NUMBER,
+}
+
+
+@dataclass(frozen=True)
+class DomainState:
+    """Everything known about one destination domain."""
+
+    sts: StsState = field(default_factory=StsState)
+
+    @property
+    def due_at(self) -> float:
+        """When the evidence behind the verdict should be checked again."""
+        return self.sts.due_at
+
+    def changes_at(self, now: float) -> float:
+        """
+        When the verdict changes with no new evidence: an MTA-STS policy
+        that runs out.
+        """
+        if self.sts.policy is not None and self.sts.expires_at > now:
+            return self.sts.expires_at
+        return FOREVER
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": 1, "sts": self.sts.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> DomainState:
+        if not isinstance(data, dict) or data.get("v") != 1:
+            raise ValueError("not a version 1 domain state")
+        return cls(sts=StsState.from_json(data.get("sts", {})))

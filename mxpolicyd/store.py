@@ -1,0 +1,207 @@
+"""
+The durable store: domain states in SQLite, written behind the memory layer.
+
+The cache calls L{SQLiteStore.put} on the reactor thread; that only records
+the serialised state.  A timer flushes the batch in one transaction on a
+dedicated thread, so no lookup ever waits on the disk.  At start-up the whole
+store is read into memory, so that a restarted daemon answers every cached
+domain at once, with no network.  SQLite's WAL journal makes a kill -9 lose
+at most the last unflushed batch, never the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Callable, Iterator
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mxpolicyd.state import DomainState
+
+Runner = Callable[..., "Deferred[Any]"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS domains (
+    domain TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class SQLiteStore:
+    """Domain states by name; one writer, batched."""
+
+    _log = Logger()
+
+    def __init__(self, path: str, run: Runner, wall: Callable[[], float] = time.time) -> None:
+        """
+        @param run: runs a blocking callable off the reactor thread and
+            returns a Deferred of its result (a one-thread pool in the
+            daemon, a synchronous call in tests).
+        """
+        self.path = path
+        self._run = run
+        self._wall = wall
+        self._db: sqlite3.Connection | None = None
+        self._pending: dict[str, str | None] = {}
+        self._flushing: Deferred[None] | None = None
+
+    def open(self) -> None:
+        """
+        Open (creating) the database; a file that is not a usable SQLite
+        database is moved aside and replaced, and the loss is logged.
+        """
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            aside = "%s.corrupt-%d" % (self.path, int(self._wall()))
+            self._log.error(
+                "Store {path} is unreadable ({error}); moving it to {aside} "
+                "and starting with an empty store (every domain is evaluated "
+                "afresh)",
+                path=self.path,
+                error=str(e),
+                aside=aside,
+            )
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, aside + suffix)
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            db.execute("SELECT count(*) FROM domains").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def load(self) -> Iterator[tuple[str, DomainState]]:
+        """Every stored domain state; unreadable rows are logged and skipped."""
+        assert self._db is not None
+        bad = 0
+        for domain, text in self._db.execute("SELECT domain, state FROM domains"):
+            try:
+                state = DomainState.from_json(json.loads(text))
+            except (ValueError, TypeError, KeyError) as e:
+                bad += 1
+                if bad <= 10:
+                    self._log.warn(
+                        "Skipping unreadable stored state of {domain}: {error}",
+                        domain=domain,
+                        error=str(e),
+                    )
+                continue
+            yield domain, state
+        if bad:
+            self._log.warn("Skipped {count} unreadable stored states", count=bad)
+
+    def put(self, domain: str, state: DomainState) -> None:
+        self._pending[domain] = json.dumps(state.to_json(), separators=(",", ":"))
+
+    def delete(self, domain: str) -> None:
+        self._pending[domain] = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> Deferred[None]:
+        """Write what is pending in one transaction; one flush at a time."""
+        if self._flushing is not None:
+            return self._flushing
+        if not self._pending or self._db is None:
+            return succeed(None)
+        batch, self._pending = self._pending, {}
+        d = self._run(self._write, batch, self._wall())
+        self._flushing = d
+
+        def done(result: None | Failure) -> None:
+            self._flushing = None
+            if isinstance(result, Failure):
+                # Disk full, read-only file system, ...: keep the batch
+                # (unless newer states replaced it) and try again later.
+                for domain, text in batch.items():
+                    self._pending.setdefault(domain, text)
+                self._log.error(
+                    "Cannot write {count} domain states to {path} ({error}); "
+                    "keeping them in memory and retrying",
+                    count=len(batch),
+                    path=self.path,
+                    error=result.getErrorMessage(),
+                )
+
+        d.addBoth(done)
+        return d
+
+    def _write(self, batch: dict[str, str | None], now: float) -> None:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "DELETE FROM domains WHERE domain = ?",
+                [(d,) for d, t in batch.items() if t is None],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO domains (domain, state, updated) "
+                "VALUES (?, ?, ?)",
+                [(d, t, now) for d, t in batch.items() if t is not None],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class StoreService(Service):
+    """Flushes the store on a timer and once more at shutdown."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        clock: IReactorTime,
+        interval: float,
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._loop = LoopingCall(store.flush)
+        self._loop.clock = clock
+        self._interval = interval
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        d = self._store.flush()
+        # A flush already in progress leaves newer states pending.
+        d.addBoth(lambda _: self._store.flush())
+        d.addBoth(lambda _: self._store.close())
+        d.addBoth(lambda _: self._stop())
+        return d

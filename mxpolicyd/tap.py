@@ -1,0 +1,117 @@
+"""
+Assembly: from a validated L{Config} to the running service tree.
+
+This is the only place that knows every part: it builds the DNS client, the
+policy fetcher, the evaluators, the store, the cache and the responders, and
+puts one endpoint service per listener and the store's timer into one
+MultiService.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from mxpolicyd.cache import PolicyCache
+from mxpolicyd.config import Config, ConfigError
+from mxpolicyd.evaluator import Evaluator
+from mxpolicyd.fetch import PolicyFetcher
+from mxpolicyd.mtasts import StsEvaluator
+from mxpolicyd.resolver import Resolver, system_nameservers
+from mxpolicyd.server import PostfixResponder
+from mxpolicyd.socketmap import SocketmapFactory
+from mxpolicyd.store import SQLiteStore, StoreService
+
+_log = Logger()
+
+
+def build_evaluator(config: Config, reactor: Any) -> Evaluator:
+    """The evaluation chain alone: what C{explain} and the daemon share."""
+    nameservers = list(config.dns.nameservers) or system_nameservers()
+    if not nameservers:
+        _log.warn("No nameservers configured and none in /etc/resolv.conf; using 127.0.0.1")
+        nameservers = ["127.0.0.1"]
+    resolver = Resolver(
+        reactor,
+        nameservers,
+        port=config.dns.port,
+        timeout=config.dns.timeout,
+        attempts=config.dns.attempts,
+    )
+    try:
+        fetcher = PolicyFetcher(
+            reactor,
+            resolver,
+            trust_root=config.mta_sts.trust_root,
+            timeout=config.mta_sts.fetch_timeout,
+            block_private=config.mta_sts.block_private,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            "%s: mta_sts.trust_root cannot be used: %s" % (config.source, e)
+        ) from None
+    sts = StsEvaluator(
+        reactor,
+        resolver,
+        fetcher,
+        ttl_min=config.mta_sts.txt_ttl_min,
+        ttl_max=config.mta_sts.txt_ttl_max,
+        retry_interval=config.mta_sts.retry_interval,
+    )
+    return Evaluator(sts)
+
+
+@dataclass
+class Daemon:
+    service: MultiService
+    cache: PolicyCache
+    store: SQLiteStore
+    responder: PostfixResponder
+
+
+def make_daemon(config: Config, reactor: Any) -> Daemon:
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="mxpolicyd-store")
+
+    def run(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    store = SQLiteStore(config.store_path, run)
+    store.open()
+    cache = PolicyCache(
+        reactor,
+        build_evaluator(config, reactor),
+        store,
+        deadline=config.lookup.deadline,
+        max_evaluations=config.lookup.max_evaluations,
+    )
+    count = cache.load(store.load())
+    _log.info(
+        "Loaded {count} domains from {path}", count=count, path=store.path
+    )
+    responder = PostfixResponder(reactor, cache, config.profiles)
+
+    top = MultiService()
+    pool.start()
+    StoreService(
+        store, reactor, config.store.flush_interval, stop=pool.stop
+    ).setServiceParent(top)
+    factory = SocketmapFactory(
+        responder.lookup,
+        reactor,
+        max_request_size=config.socketmap.max_request_size,
+        idle_timeout=config.socketmap.idle_timeout,
+        max_connections=config.socketmap.max_connections,
+    )
+    for description in config.socketmap.listen:
+        endpoint = endpoints.serverFromString(reactor, description)
+        listener = StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
+    return Daemon(top, cache, store, responder)

@@ -1,0 +1,108 @@
+"""
+The verdict: from a domain's state to what the MTA is told.
+
+L{decide} applies DESIGN.md's answer table to the evidence; the renderers
+write one verdict for each wire protocol and profile.  Both are pure, so the
+whole answer table is covered by table tests with no reactor.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from mxpolicyd.config import Profile
+from mxpolicyd.state import DomainState
+from mxpolicyd.sts import StsPolicy, postfix_match
+
+
+class Action(enum.Enum):
+    NONE = "none"
+    DANE = "dane"
+    DANE_ONLY = "dane-only"
+    STS_ENFORCE = "sts-enforce"
+    STS_TESTING = "sts-testing"
+    TEMP = "temp"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a domain requires, and the rule that said so (for explain)."""
+
+    domain: str
+    action: Action
+    rule: str
+    policy: StsPolicy | None = None
+    reason: str = ""
+
+
+def decide(domain: str, state: DomainState, now: float) -> Verdict:
+    """Apply the answer table to the evidence known at C{now}."""
+    sts = state.sts
+    policy = sts.active_policy(now)
+    if policy is None:
+        if sts.policy is not None:
+            rule = "the cached MTA-STS policy expired and no new one was fetched"
+        elif sts.record is not None:
+            rule = "MTA-STS record found but no valid policy was fetched"
+        else:
+            rule = "no MTA-STS record and no cached policy"
+        return Verdict(domain, Action.NONE, rule)
+    if policy.mode == "enforce":
+        return Verdict(domain, Action.STS_ENFORCE, "MTA-STS policy in enforce mode", policy)
+    if policy.mode == "testing":
+        return Verdict(domain, Action.STS_TESTING, "MTA-STS policy in testing mode", policy)
+    return Verdict(domain, Action.NONE, "MTA-STS policy in mode none", policy)
+
+
+def pending(domain: str) -> Verdict:
+    """
+    The answer while a domain's first evaluation is still running.
+
+    Only MTA-STS is evaluated, and RFC 8461 s5 lets the first fetch run
+    asynchronously, so mail may go out as if there were no policy.
+    """
+    return Verdict(
+        domain, Action.NONE, "first evaluation still running at the lookup deadline"
+    )
+
+
+NOTFOUND = b"NOTFOUND "
+
+
+def postfix_reply(verdict: Verdict, profile: Profile) -> bytes:
+    """The socketmap reply payload (without netstring framing)."""
+    action = verdict.action
+    if action is Action.TEMP:
+        return b"TEMP " + _ascii(verdict.reason or "policy unknown")
+    if action is Action.DANE_ONLY:
+        return b"OK dane-only"
+    if action is Action.DANE:
+        return b"OK dane"
+    policy = verdict.policy
+    if policy is None or not policy.mx:
+        return NOTFOUND
+    if action is Action.STS_TESTING and not profile.strict_testing:
+        return NOTFOUND
+    if action not in (Action.STS_ENFORCE, Action.STS_TESTING):
+        return NOTFOUND
+    words = ["OK", "secure", "match=" + postfix_match(policy.mx)]
+    if profile.servername:
+        words.append("servername=hostname")
+    if profile.tlsrpt:
+        words.extend(_tlsrpt(verdict.domain, policy))
+    return _ascii(" ".join(words))
+
+
+def _tlsrpt(domain: str, policy: StsPolicy) -> list[str]:
+    # Postfix >= 3.10 reports with these; policy_string values hold spaces,
+    # hence the { name = value } form.  The canonical lines are built from
+    # validated fields, so they cannot hold a brace.
+    words = ["policy_type=sts", "policy_domain=" + domain]
+    words.extend("mx_host_pattern=" + mx for mx in policy.mx)
+    words.extend("{ policy_string = %s }" % line for line in policy.canonical_lines())
+    return words
+
+
+def _ascii(text: str) -> bytes:
+    return text.encode("ascii", "replace").replace(b"\n", b" ")

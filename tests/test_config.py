@@ -1,0 +1,109 @@
+"""Tests for L{mxpolicyd.config}: defaults and errors that name the key."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.config import (
+    BUILTIN_PROFILES,
+    ConfigError,
+    Profile,
+    default_state_directory,
+    load,
+    parse,
+)
+
+
+class ConfigTests(SynchronousTestCase):
+    def error(self, data: dict[str, object]) -> str:
+        e = self.assertRaises(ConfigError, parse, data, "test.toml", {"HOME": "/home/u"})
+        return str(e)
+
+    def test_defaults(self) -> None:
+        """An empty file gives loopback port 8461, the built-in maps and a local store."""
+        config = parse({}, "test.toml", {"HOME": "/home/u"})
+        self.assertEqual(config.socketmap.listen, ("tcp:8461:interface=127.0.0.1",))
+        self.assertEqual(config.socketmap.max_request_size, 10000)
+        self.assertEqual(set(config.profiles), {"postfix", "postfix-strict", "postfix-tlsrpt"})
+        self.assertFalse(config.profiles["postfix"].tlsrpt)
+        self.assertEqual(config.store_path, "/home/u/.local/state/mxpolicyd/mxpolicyd.sqlite")
+        self.assertIsNone(config.mta_sts.trust_root)
+        self.assertEqual(config.dns.nameservers, ())
+
+    def test_state_directory(self) -> None:
+        """systemd's STATE_DIRECTORY wins over XDG_STATE_HOME and HOME."""
+        self.assertEqual(
+            default_state_directory({"STATE_DIRECTORY": "/var/lib/mxpolicyd", "HOME": "/x"}),
+            "/var/lib/mxpolicyd",
+        )
+        self.assertEqual(
+            default_state_directory({"XDG_STATE_HOME": "/s", "HOME": "/x"}), "/s/mxpolicyd"
+        )
+
+    def test_values(self) -> None:
+        """Given values are used, and ints are accepted where seconds are floats."""
+        config = parse(
+            {
+                "daemon": {"state_directory": "/srv/state"},
+                "socketmap": {"listen": ["tcp:9999", "unix:/run/m.sock:mode=660"],
+                              "idle_timeout": 5},
+                "dns": {"nameservers": ["127.0.0.1", "::1"], "port": 5353},
+                "lookup": {"deadline": 0.5},
+                "mta_sts": {"txt_ttl_min": 1, "retry_interval": 600},
+            },
+            "t.toml",
+        )
+        self.assertEqual(config.socketmap.listen, ("tcp:9999", "unix:/run/m.sock:mode=660"))
+        self.assertEqual(config.socketmap.idle_timeout, 5.0)
+        self.assertIsInstance(config.socketmap.idle_timeout, float)
+        self.assertEqual(config.dns.nameservers, ("127.0.0.1", "::1"))
+        self.assertEqual(config.store_path, "/srv/state/mxpolicyd.sqlite")
+        self.assertEqual(config.mta_sts.txt_ttl_min, 1)
+
+    def test_profiles(self) -> None:
+        """A [profiles.NAME] table adds a map name; a built-in one can be changed."""
+        config = parse(
+            {"profiles": {"pf310": {"tlsrpt": True}, "postfix": {"servername": False}}}, "t"
+        )
+        self.assertEqual(config.profiles["pf310"], Profile("pf310", tlsrpt=True))
+        self.assertFalse(config.profiles["postfix"].servername)
+        self.assertEqual(config.profiles["postfix-strict"], BUILTIN_PROFILES["postfix-strict"])
+
+    def test_errors_name_the_key(self) -> None:
+        """Each bad value is refused with the file and the dotted key in the message."""
+        cases = [
+            ({"socketmap": {"listen": "tcp:1"}}, "socketmap.listen must be a list"),
+            ({"socketmap": {"listen": [""]}}, "socketmap.listen entry"),
+            ({"socketmap": {"max_request_size": 10}}, "socketmap.max_request_size must be between"),
+            ({"socketmap": {"idle_timeout": 0}}, "socketmap.idle_timeout must be greater than 0"),
+            ({"socketmap": {"idle_timeout": True}}, "socketmap.idle_timeout must be a number"),
+            ({"dns": {"nameservers": ["resolver.test"]}}, "dns.nameservers entry 'resolver.test' is not an IP"),
+            ({"dns": {"port": 70000}}, "dns.port must be a port number"),
+            ({"dns": {"colour": 1}}, "dns.colour is not a known setting"),
+            ({"mta_sts": {"retry_interval": 60}}, "mta_sts.retry_interval must be at least 300"),
+            ({"mta_sts": {"trust_root": "/nonexistent/ca.pem"}}, "mta_sts.trust_root names"),
+            ({"mta_sts": {"txt_ttl_min": 100, "txt_ttl_max": 50}}, "mta_sts.txt_ttl_max must not be below"),
+            ({"lookup": {"deadline": 120}}, "lookup.deadline must be between"),
+            ({"profiles": {"pf": {"tlsrpt": "yes"}}}, "profiles.pf.tlsrpt must be true or false"),
+            ({"profiles": {"p f": {}}}, "profiles.p f is not a valid map name"),
+            ({"dsn": {}}, "dsn is not a known setting"),
+            ({"dns": []}, "dns must be a table"),
+        ]
+        for data, expected in cases:
+            message = self.error(data)
+            self.assertTrue(message.startswith("test.toml: "), message)
+            self.assertIn(expected, message)
+
+    def test_load_file(self) -> None:
+        """load() reads TOML from a file; syntax errors and missing files are ConfigErrors."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[socketmap]\nlisten = ["tcp:1234"]\n')
+        self.assertEqual(load(path).socketmap.listen, ("tcp:1234",))
+        with open(path, "w") as f:
+            f.write("[socketmap\n")
+        self.assertIn("not valid TOML", str(self.assertRaises(ConfigError, load, path)))
+        missing = os.path.join(os.path.dirname(os.path.abspath(path)), "missing.toml")
+        self.assertIn("cannot read", str(self.assertRaises(ConfigError, load, missing)))

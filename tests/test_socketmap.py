@@ -1,0 +1,215 @@
+"""Tests for L{mxpolicyd.socketmap}: the netstring codec, with StringTransport."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.socketmap import SocketmapFactory, SocketmapProtocol, netstring
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Lookups:
+    """Records requests; answers from a dict or with Deferreds on demand."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, bytes]] = []
+        self.answers: dict[bytes, bytes | Deferred[bytes]] = {}
+
+    def __call__(self, name: bytes, key: bytes) -> bytes | Deferred[bytes]:
+        self.calls.append((name, key))
+        return self.answers.get(key, b"NOTFOUND ")
+
+
+class SocketmapProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.lookups = Lookups()
+        self.factory = SocketmapFactory(
+            self.lookups, self.clock, max_request_size=100, idle_timeout=10,
+            max_connections=2,
+        )
+        self.proto, self.transport = self.connect()
+
+    def connect(self) -> tuple[SocketmapProtocol, StringTransport]:
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_netstring(self) -> None:
+        """netstring() frames a payload as <len>:payload, ."""
+        self.assertEqual(netstring(b"OK secure"), b"9:OK secure,")
+        self.assertEqual(netstring(b""), b"0:,")
+
+    def test_one_request(self) -> None:
+        """A request gets its lookup's answer, framed, and the connection stays open."""
+        self.lookups.answers[b"example.test"] = b"OK secure"
+        self.proto.dataReceived(b"20:postfix example.test,")
+        self.assertEqual(self.lookups.calls, [(b"postfix", b"example.test")])
+        self.assertEqual(self.transport.value(), b"9:OK secure,")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_many_requests_one_segment(self) -> None:
+        """Several requests in one segment are answered in order."""
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,9:postfix c,")
+        self.assertEqual([k for _, k in self.lookups.calls], [b"a", b"b", b"c"])
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 3)
+
+    def test_split_request(self) -> None:
+        """A request split byte by byte is answered once it is complete."""
+        for byte in b"20:postfix example.test,":
+            self.assertEqual(self.transport.value(), b"")
+            self.proto.dataReceived(bytes([byte]))
+        self.assertEqual(self.lookups.calls, [(b"postfix", b"example.test")])
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,")
+
+    def test_deferred_answers_in_order(self) -> None:
+        """A second request waits until the first's Deferred answer is written."""
+        first: Deferred[bytes] = Deferred()
+        self.lookups.answers[b"a"] = first
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,")
+        self.assertEqual(len(self.lookups.calls), 1)
+        self.assertEqual(self.transport.value(), b"")
+        first.callback(b"OK dane")
+        self.assertEqual(self.transport.value(), b"7:OK dane,9:NOTFOUND ,")
+
+    def test_bad_length(self) -> None:
+        """A non-digit length gets PERM and a close: framing is lost."""
+        self.proto.dataReceived(b"x9:postfix a,")
+        self.assertEqual(self.transport.value(), b"31:PERM malformed netstring length,")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.lookups.calls, [])
+
+    def test_leading_zero(self) -> None:
+        """A length with a leading zero is malformed (socketmap_table(5))."""
+        self.proto.dataReceived(b"09:postfix a,")
+        self.assertIn(b"PERM malformed netstring length", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_too_many_digits(self) -> None:
+        """Seven digits and no colon is refused before any more is buffered."""
+        self.proto.dataReceived(b"1234567")
+        self.assertIn(b"PERM malformed netstring length", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_missing_comma(self) -> None:
+        """Data not followed by a comma gets PERM and a close."""
+        self.proto.dataReceived(b"9:postfix a;")
+        self.assertIn(b"PERM malformed netstring (no comma", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.lookups.calls, [])
+
+    def test_over_limit(self) -> None:
+        """A request over max_request_size is refused from its length alone."""
+        self.proto.dataReceived(b"101:postfix ")
+        self.assertIn(b"PERM request of 101 bytes exceeds the limit of 100", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.lookups.calls, [])
+
+    def test_at_limit(self) -> None:
+        """A request of exactly max_request_size is served."""
+        key = b"k" * (100 - len(b"postfix "))
+        self.proto.dataReceived(netstring(b"postfix " + key))
+        self.assertEqual(self.lookups.calls, [(b"postfix", key)])
+
+    def test_no_space(self) -> None:
+        """A request without 'name key' gets PERM; the connection stays usable."""
+        self.proto.dataReceived(b"7:postfix,9:postfix a,")
+        self.assertEqual(
+            self.transport.value(), b"30:PERM request is not 'name key',9:NOTFOUND ,"
+        )
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_empty_key(self) -> None:
+        """An empty key gets PERM; the connection stays usable."""
+        self.proto.dataReceived(b"8:postfix ,")
+        self.assertEqual(self.transport.value(), b"14:PERM empty key,")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_empty_name(self) -> None:
+        """A request with no map name gets PERM."""
+        self.proto.dataReceived(b"2: a,")
+        self.assertIn(b"PERM request is not 'name key'", self.transport.value())
+
+    def test_lookup_raises(self) -> None:
+        """A lookup that raises gives TEMP (mail waits), and is logged."""
+
+        def broken(name: bytes, key: bytes) -> bytes:
+            raise RuntimeError("bug")
+
+        self.factory.lookup = broken
+        proto, transport = self.connect()
+        proto.dataReceived(b"9:postfix a,")
+        self.assertEqual(transport.value(), b"19:TEMP internal error,")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_lookup_fails(self) -> None:
+        """A lookup whose Deferred fails gives TEMP and the next request is served."""
+        self.lookups.answers[b"a"] = fail(RuntimeError("bug"))
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,")
+        self.assertEqual(self.transport.value(), b"19:TEMP internal error,9:NOTFOUND ,")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_connection_lost_cancels(self) -> None:
+        """A pending lookup is cancelled when the client goes away."""
+        cancelled: list[Deferred[bytes]] = []
+        self.lookups.answers[b"a"] = Deferred(cancelled.append)
+        self.proto.dataReceived(b"9:postfix a,")
+        self.proto.connectionLost(None)
+        self.assertEqual(len(cancelled), 1)
+        self.assertEqual(self.factory.connections, 0)
+
+    def test_pipelined_flood(self) -> None:
+        """A client that floods while a lookup is pending is cut off."""
+        self.lookups.answers[b"a"] = Deferred()
+        self.proto.dataReceived(b"9:postfix a,")
+        self.proto.dataReceived(b"9:postfix b," * 20)
+        self.assertIn(b"PERM too much data", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_timeout(self) -> None:
+        """An idle connection is closed after idle_timeout seconds."""
+        self.clock.advance(9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_activity_postpones_idle_timeout(self) -> None:
+        """A request resets the idle clock."""
+        self.clock.advance(8)
+        self.proto.dataReceived(b"9:postfix a,")
+        self.clock.advance(8)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_pending_lookup_not_idle(self) -> None:
+        """A connection waiting on a lookup is not closed as idle."""
+        pending: Deferred[bytes] = Deferred()
+        self.lookups.answers[b"a"] = pending
+        self.proto.dataReceived(b"9:postfix a,")
+        self.clock.advance(30)
+        self.assertFalse(self.transport.disconnecting)
+        pending.callback(b"NOTFOUND ")
+        self.clock.advance(10)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_no_timers_after_close(self) -> None:
+        """Closing the connection cancels its idle timer."""
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connection_limit(self) -> None:
+        """Connections beyond max_connections are refused."""
+        second = self.factory.buildProtocol(ADDR)
+        assert second is not None
+        second.makeConnection(StringTransport())
+        self.assertIsNone(self.factory.buildProtocol(ADDR))
+        second.connectionLost(None)
+        self.assertIsNotNone(self.factory.buildProtocol(ADDR))

@@ -1,0 +1,162 @@
+"""Tests for L{mxpolicyd.store}: write-behind SQLite, corruption, write failures."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.state import DomainState, StsState
+from mxpolicyd.store import SQLiteStore, StoreService
+from mxpolicyd.sts import StsPolicy
+
+STATE = DomainState(
+    sts=StsState(policy=StsPolicy("enforce", 86400, ("mx.example.test",)),
+                 policy_id="1", fetched_at=1.0, expires_at=86401.0, record="v=STSv1; id=1")
+)
+
+
+def synchronous(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+class SQLiteStoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "store.sqlite")
+        self.store = self.open()
+
+    def open(self, run: Callable[..., Deferred[Any]] = synchronous) -> SQLiteStore:
+        store = SQLiteStore(self.path, run, wall=lambda: 1234.0)
+        store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def test_round_trip(self) -> None:
+        """A flushed state is loaded back unchanged by a new store."""
+        self.store.put("example.test", STATE)
+        self.store.put("other.test", DomainState())
+        self.successResultOf(self.store.flush())
+        self.store.close()
+        loaded = dict(self.open().load())
+        self.assertEqual(loaded, {"example.test": STATE, "other.test": DomainState()})
+
+    def test_write_behind(self) -> None:
+        """put() writes nothing until a flush."""
+        self.store.put("example.test", STATE)
+        self.assertEqual(list(self.open().load()), [])
+        self.assertEqual(self.store.pending, 1)
+        self.successResultOf(self.store.flush())
+        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(len(list(self.open().load())), 1)
+
+    def test_delete(self) -> None:
+        """A deleted domain is gone after the flush."""
+        self.store.put("example.test", STATE)
+        self.successResultOf(self.store.flush())
+        self.store.delete("example.test")
+        self.successResultOf(self.store.flush())
+        self.assertEqual(list(self.open().load()), [])
+
+    def test_last_put_wins(self) -> None:
+        """Of two puts in one batch the later is written."""
+        self.store.put("example.test", DomainState())
+        self.store.put("example.test", STATE)
+        self.successResultOf(self.store.flush())
+        self.assertEqual(dict(self.open().load())["example.test"], STATE)
+
+    def test_one_flush_at_a_time(self) -> None:
+        """A flush while one is running shares it; what came after waits for the next."""
+        runs: list[Deferred[Any]] = []
+
+        def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            d.addCallback(lambda _: f(*args))
+            runs.append(d)
+            return d
+
+        store = self.open(later)
+        store.put("a.test", STATE)
+        first = store.flush()
+        store.put("b.test", STATE)
+        self.assertIs(store.flush(), first)
+        self.assertEqual(len(runs), 1)
+        runs[0].callback(None)
+        self.assertEqual(store.pending, 1)
+
+    def test_write_failure_keeps_batch(self) -> None:
+        """A failed write (disk full) keeps the states pending and logs an error."""
+
+        def broken(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            return fail(sqlite3.OperationalError("database or disk is full"))
+
+        store = self.open(broken)
+        store.put("a.test", STATE)
+        self.successResultOf(store.flush())
+        self.assertEqual(store.pending, 1)
+
+    def test_newer_state_survives_failed_write(self) -> None:
+        """A state put during a failed write is not overwritten by the old batch."""
+        runs: list[Deferred[Any]] = []
+
+        def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            runs.append(d)
+            return d
+
+        store = self.open(later)
+        store.put("a.test", DomainState())
+        store.flush()
+        store.put("a.test", STATE)
+        runs[0].errback(sqlite3.OperationalError("disk I/O error"))
+        store._run = synchronous
+        self.successResultOf(store.flush())
+        self.assertEqual(dict(self.open().load())["a.test"], STATE)
+
+    def test_corrupt_file(self) -> None:
+        """A file that is not SQLite is moved aside and an empty store starts."""
+        self.store.close()
+        with open(self.path, "wb") as f:
+            f.write(b"this is not a database" * 100)
+        store = self.open()
+        self.assertEqual(list(store.load()), [])
+        self.assertTrue(os.path.exists(self.path + ".corrupt-1234"))
+        store.put("a.test", STATE)
+        self.successResultOf(store.flush())
+        self.assertEqual(len(list(self.open().load())), 1)
+
+    def test_bad_rows_skipped(self) -> None:
+        """A row that does not parse is skipped; the others load."""
+        self.store.put("good.test", STATE)
+        self.successResultOf(self.store.flush())
+        db = sqlite3.connect(self.path)
+        db.execute("INSERT INTO domains VALUES ('bad.test', '{\"v\": 99}', 0)")
+        db.execute("INSERT INTO domains VALUES ('junk.test', 'not json', 0)")
+        db.commit()
+        db.close()
+        self.assertEqual(dict(self.open().load()), {"good.test": STATE})
+
+
+class StoreServiceTests(SynchronousTestCase):
+    def test_flush_on_timer_and_stop(self) -> None:
+        """The service flushes every interval and once more when stopped."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "s.sqlite")
+        store = SQLiteStore(path, synchronous)
+        store.open()
+        clock = Clock()
+        stopped: list[bool] = []
+        service = StoreService(store, clock, 1.0, stop=lambda: stopped.append(True))
+        service.startService()
+        store.put("a.test", STATE)
+        clock.advance(1.0)
+        self.assertEqual(store.pending, 0)
+        store.put("b.test", STATE)
+        self.successResultOf(service.stopService())
+        self.assertEqual(stopped, [True])
+        reopened = SQLiteStore(path, synchronous)
+        reopened.open()
+        self.addCleanup(reopened.close)
+        self.assertEqual(set(dict(reopened.load())), {"a.test", "b.test"})
