@@ -1,0 +1,469 @@
+"""
+The outside world the daemon talks to, run for real on loopback: Debian's nsd
+as the authoritative server for the ``test.`` zone, Debian's nginx as every
+``mta-sts.<domain>.test`` policy host, and a resolver that never answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from .pki import Pair
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """
+    Run in a child before exec: if the test run is killed, its servers get
+    SIGTERM instead of lingering on their ports.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1", *, udp_too: bool = False) -> int:
+    """A port nothing listens on yet (TCP, and UDP as well if asked)."""
+    for _ in range(50):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            if udp_too:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return int(port)
+        finally:
+            tcp.close()
+            udp.close()
+    raise RuntimeError("no free port found on " + host)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    """Whether a TCP connect to host:port succeeds right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ServerProcess:
+    """
+    A foreground server in its own process group, output to a log file, so
+    that it can be paused, stopped and its log shown when a test fails.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def check_running(self) -> None:
+        if not self.running():
+            raise RuntimeError(
+                f"{self.name} exited ({self.process and self.process.returncode}):\n"
+                + self.log_text()
+            )
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to every process of this server (nsd and nginx fork)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+
+    def log_text(self, limit: int = 20000) -> str:
+        try:
+            data = self.log.read_bytes()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace")
+
+
+# --- DNS -------------------------------------------------------------------
+
+ZONE = "test."
+
+
+class Nsd:
+    """
+    nsd serving the single zone ``test.`` on 127.0.0.1 (UDP and TCP) at a free
+    port; ``records`` maps owner names relative to the zone to RR texts such
+    as ``'TXT "v=STSv1; id=1"'``.
+    """
+
+    def __init__(self, directory: Path, records: Mapping[str, Sequence[str]]) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host, udp_too=True)
+        self.records: dict[str, list[str]] = {k: list(v) for k, v in records.items()}
+        self.serial = 1
+        self._mtime = time.time() - 1000
+        self.zone_path = directory / "test.zone"
+        self.config_path = directory / "nsd.conf"
+        self.server = ServerProcess(
+            "nsd", ["/usr/sbin/nsd", "-d", "-c", str(self.config_path)], directory / "nsd.log"
+        )
+
+    def _write_config(self) -> None:
+        d = self.directory
+        self.config_path.write_text(
+            f"""server:
+    ip-address: {self.host}
+    port: {self.port}
+    do-ip6: no
+    username: ""
+    chroot: ""
+    server-count: 1
+    database: ""
+    zonelistfile: "{d}/zone.list"
+    xfrdfile: "{d}/xfrd.state"
+    xfrdir: "{d}"
+    pidfile: "{d}/nsd.pid"
+    cookie-secret-file: "{d}/cookiesecrets.txt"
+    hide-version: yes
+    verbosity: 1
+    minimal-responses: yes
+remote-control:
+    control-enable: no
+zone:
+    name: "{ZONE}"
+    zonefile: "{self.zone_path}"
+"""
+        )
+
+    def _write_zone(self) -> None:
+        lines = [
+            f"$ORIGIN {ZONE}",
+            "$TTL 1",
+            f"@ 1 IN SOA ns.test. hostmaster.test. {self.serial} 1 1 60 1",
+            "@ 1 IN NS ns.test.",
+            "ns 1 IN A 127.0.0.1",
+        ]
+        for owner in sorted(self.records):
+            for rr in self.records[owner]:
+                lines.append(f"{owner} 1 IN {rr}")
+        tmp = self.zone_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.zone_path)
+        # nsd reloads a zone file only when its mtime changed; a rewrite
+        # within the same second must still look newer.
+        self._mtime = max(self._mtime + 2, time.time())
+        os.utime(self.zone_path, (self._mtime, self._mtime))
+
+    def start(self) -> None:
+        self._write_config()
+        self._write_zone()
+        self.server.start()
+        self._wait_for_serial(15.0)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def query(self, name: str, rdtype: str = "A", timeout: float = 1.0) -> dns.message.Message:
+        """Ask nsd directly (UDP), for tests that check the fixture itself."""
+        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
+        return dns.query.udp(q, self.host, port=self.port, timeout=timeout)
+
+    def _serves_serial(self) -> bool:
+        self.server.check_running()
+        try:
+            r = self.query(ZONE, "SOA", timeout=0.3)
+        except (dns.exception.Timeout, OSError):
+            return False
+        return any(
+            rdata.serial == self.serial for rrset in r.answer for rdata in rrset
+        )
+
+    def _wait_for_serial(self, timeout: float) -> None:
+        try:
+            wait_until(self._serves_serial, timeout, f"nsd to serve serial {self.serial}")
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\nnsd log:\n{self.server.log_text()}") from None
+
+    def update(self, records: Mapping[str, Sequence[str]]) -> None:
+        """
+        Replace the RRs of the given owners (an empty list deletes them) and
+        wait until nsd answers from the new zone; SIGHUP first, restart if
+        the reload is not seen in time.
+        """
+        for owner, rrs in records.items():
+            if rrs:
+                self.records[owner] = list(rrs)
+            else:
+                self.records.pop(owner, None)
+        self.serial += 1
+        self._write_zone()
+        assert self.server.process is not None
+        self.server.process.send_signal(signal.SIGHUP)
+        try:
+            wait_until(self._serves_serial, 5.0, "nsd reload")
+        except TimeoutError:
+            self.server.stop()
+            self.server.start()
+            self._wait_for_serial(15.0)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop every nsd process (SIGSTOP): queries time out until the block ends."""
+        self.server.signal_group(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.server.signal_group(signal.SIGCONT)
+
+
+class DeadResolver:
+    """
+    A nameserver address that swallows every query: a bound UDP socket that
+    is never read and a TCP listener that never accepts, so a client sees a
+    timeout, not a refusal.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host, udp_too=True)
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind((host, self.port))
+        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind((host, self.port))
+        self._tcp.listen(64)
+
+    def close(self) -> None:
+        self._udp.close()
+        self._tcp.close()
+
+
+# --- HTTPS -----------------------------------------------------------------
+
+
+class Site:
+    """
+    One policy host ``mta-sts.<domain>`` as nginx serves it. ``body`` None
+    means no policy file (404); ``redirect`` answers every path with a 301.
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        body: str | bytes | None = None,
+        *,
+        certificate: str = "good",
+        content_type: str = "text/plain",
+        redirect: str | None = None,
+    ) -> None:
+        self.domain = domain
+        self.host = "mta-sts." + domain
+        self.body = body
+        self.certificate = certificate
+        self.content_type = content_type
+        self.redirect = redirect
+
+
+class Nginx:
+    """
+    nginx on ``address``:443 with one TLS ``server`` per policy host, the
+    certificate chosen by SNI; ``certificates`` maps a Site's certificate
+    label to its PEM pair.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        address: str,
+        sites: Sequence[Site],
+        certificates: Mapping[str, Pair],
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.address = address
+        self.port = 443
+        self.sites = {s.domain: s for s in sites}
+        self.certificates = dict(certificates)
+        self.www = directory / "www"
+        self.config_path = directory / "nginx.conf"
+        self.server = ServerProcess(
+            "nginx",
+            [
+                "/usr/sbin/nginx",
+                "-p", str(directory),
+                "-c", str(self.config_path),
+                "-e", str(directory / "error.log"),
+                "-g", "daemon off;",
+            ],
+            directory / "nginx.out",
+        )
+
+    def policy_path(self, domain: str) -> Path:
+        return self.www / self.sites[domain].host / ".well-known" / "mta-sts.txt"
+
+    def set_policy(self, domain: str, body: str | bytes | None) -> None:
+        """Replace (or with None delete) the policy file one host serves."""
+        path = self.policy_path(domain)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if body is None:
+            path.unlink(missing_ok=True)
+            return
+        data = body.encode("ascii") if isinstance(body, str) else body
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def _server_block(self, site: Site) -> str:
+        pair = self.certificates[site.certificate]
+        if site.redirect is not None:
+            location = f"location / {{ return 301 {site.redirect}; }}"
+        else:
+            location = (
+                "location = /.well-known/mta-sts.txt "
+                f"{{ default_type {site.content_type}; }}\n"
+                "        location / { return 404; }"
+            )
+        return f"""
+    server {{
+        listen {self.address}:{self.port} ssl;
+        server_name {site.host};
+        ssl_certificate {pair.cert};
+        ssl_certificate_key {pair.key};
+        root {self.www / site.host};
+        {location}
+    }}"""
+
+    def _write_config(self) -> None:
+        d = self.directory
+        fallback = self.certificates["good"]
+        servers = "".join(self._server_block(s) for s in self.sites.values())
+        self.config_path.write_text(
+            f"""user root root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    log_format mxpolicyd '$ssl_server_name $status $body_bytes_sent "$request"';
+    access_log {d}/access.log mxpolicyd;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    types {{ }}
+    default_type text/plain;
+    server_tokens off;
+    etag off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {{
+        listen {self.address}:{self.port} ssl default_server;
+        server_name _;
+        ssl_certificate {fallback.cert};
+        ssl_certificate_key {fallback.key};
+        return 421;
+    }}{servers}
+}}
+"""
+        )
+
+    def start(self) -> None:
+        (self.directory / "tmp").mkdir(exist_ok=True)
+        for site in self.sites.values():
+            (self.www / site.host).mkdir(parents=True, exist_ok=True)
+            if site.body is not None:
+                self.set_policy(site.domain, site.body)
+        self._write_config()
+        if accepts_connections(self.address, self.port):
+            raise RuntimeError(
+                f"{self.address}:{self.port} is already taken (a stale nginx from an "
+                "earlier run? see `ss -ltnp`)"
+            )
+        self.server.start()
+
+        def up() -> bool:
+            self.server.check_running()
+            return accepts_connections(self.address, self.port)
+
+        try:
+            wait_until(up, 15.0, f"nginx on {self.address}:{self.port}")
+        except (TimeoutError, RuntimeError) as e:
+            raise RuntimeError(f"{e}\nnginx error log:\n{self.error_log()}") from None
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def error_log(self) -> str:
+        try:
+            return (self.directory / "error.log").read_text(errors="replace")[-20000:]
+        except OSError:
+            return self.server.log_text()
+
+    def access_log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self._access_log().splitlines()[-lines:])
+
+    def requests_for(self, domain: str) -> list[str]:
+        """Access-log lines (SNI, status, bytes, request line) for one policy host."""
+        host = self.sites[domain].host
+        return [line for line in self._access_log().splitlines() if line.split(" ", 1)[0] == host]
+
+    def _access_log(self) -> str:
+        try:
+            return (self.directory / "access.log").read_text(errors="replace")
+        except OSError:
+            return ""
