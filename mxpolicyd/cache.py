@@ -24,7 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxpolicyd.state import DomainState
-from mxpolicyd.verdict import Verdict, decide, pending
+from mxpolicyd.verdict import Verdict, decide
+from mxpolicyd.verdict import pending as no_policy_yet
 
 
 class _Evaluator(Protocol):
@@ -64,7 +65,13 @@ class PolicyCache:
         store: _Store | None = None,
         deadline: float = 2.0,
         max_evaluations: int = 100,
+        pending: Callable[[str], Verdict] | None = None,
     ) -> None:
+        """
+        @param pending: what to answer for a domain whose first evaluation
+            is still running at the deadline (by default: no policy).
+        """
+        self._pending = pending or (lambda domain: no_policy_yet(domain, None, False))
         self._clock = clock
         self._evaluator = evaluator
         self._store = store
@@ -146,14 +153,16 @@ class PolicyCache:
                 result.callback(entry.verdict)
 
         def late() -> None:
+            verdict = self._pending(domain)
             self._log.info(
                 "First evaluation of {domain} still running after {deadline} s; "
-                "answering '{rule}' meanwhile",
+                "answering {action} meanwhile ({rule})",
                 domain=domain,
                 deadline=self._deadline,
-                rule=pending(domain).rule,
+                action=verdict.action.value,
+                rule=verdict.rule,
             )
-            result.callback(pending(domain))
+            result.callback(verdict)
 
         def failed(failure: Failure) -> None:
             if timer.active():

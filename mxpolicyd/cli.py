@@ -257,6 +257,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 },
                 "failure": state.sts.failure,
             },
+            dane=None if state.dane is None else state.dane.to_json(),
             steps=trace,
         )
 
@@ -284,6 +285,23 @@ def _print_explain(result: dict[str, Any], as_json: bool) -> None:
         if "body" in step:
             for line in step["body"].splitlines():
                 print("          | %s" % line)
+    dane = result.get("dane")
+    if dane:
+        print("  dane    MX %s%s: %s" % (
+            {True: "secure (AD)", False: "insecure", None: "unknown"}[dane["mx_secure"]],
+            ", implicit (no MX record)" if dane["implicit_mx"] else "",
+            dane["status"]))
+        for host in dane["hosts"]:
+            print("          host %s (preference %d): %s%s" % (
+                host["name"], host["preference"], host["state"],
+                "" if host["address_secure"] is None else
+                ", addresses %s" % ("secure" if host["address_secure"] else "insecure")))
+            for t in host["tlsa"]:
+                print("            %s TLSA %d %d %d %s... %s" % (
+                    host["tlsa_name"], t["usage"], t["selector"], t["mtype"], t["data"][:16],
+                    "usable" if t["usable"] else "unusable"))
+            if host["error"]:
+                print("            %s" % host["error"])
     print("rule:    %s" % result["rule"])
     print("verdict: %s" % result["action"])
     print("postfix: %s" % result["postfix"])

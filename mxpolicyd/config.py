@@ -78,6 +78,13 @@ class MTASTSConfig:
 
 
 @dataclass(frozen=True)
+class DANEConfig:
+    enabled: bool = True
+    ttl_min: int = 60
+    ttl_max: int = 3600
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: str = ""
     flush_interval: float = 1.0
@@ -90,6 +97,7 @@ class Config:
     lookup: LookupConfig = field(default_factory=LookupConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    dane: DANEConfig = field(default_factory=DANEConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     profiles: Mapping[str, Profile] = field(
         default_factory=lambda: dict(BUILTIN_PROFILES)
@@ -319,6 +327,18 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     )
     ms.finish()
 
+    da = top.table("dane")
+    dane_ttl_min = da.positive("ttl_min", 60)
+    dane_ttl_max = da.positive("ttl_max", 3600)
+    if dane_ttl_max < dane_ttl_min:
+        da.fail("dane.ttl_max", "must not be below dane.ttl_min")
+    dane = DANEConfig(
+        enabled=da.get("enabled", True, bool),
+        ttl_min=dane_ttl_min,
+        ttl_max=dane_ttl_max,
+    )
+    da.finish()
+
     st = top.table("store")
     store = StoreConfig(
         path=st.get("path", "", str),
@@ -350,6 +370,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         lookup=lookup,
         dns=dns,
         mta_sts=mta_sts,
+        dane=dane,
         store=store,
         profiles=profiles,
         source=source,

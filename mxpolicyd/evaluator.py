@@ -1,24 +1,29 @@
 """
 The evaluator: gathers all the evidence for one domain.
 
-It runs each standard's evaluation (MTA-STS now; DANE joins it here, in
-parallel) and returns the domain's next L{DomainState}.  It never fails: a
-failure is evidence too, recorded in the state by the standard's evaluator.
+It runs the MTA-STS and DANE evaluations of a domain in parallel and
+returns the domain's next L{DomainState}.  It never fails: a failure is
+evidence too, recorded in the state by each standard's evaluator.  While an
+evaluation runs, L{Evaluator.pending} says what may be answered already: a
+DANE result is final whatever MTA-STS finds, so it need not wait for a slow
+policy fetch.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from twisted.internet.defer import Deferred, gatherResults
 
-from twisted.internet.defer import Deferred
-
+from mxpolicyd.dane import DaneEvaluator, DaneState
 from mxpolicyd.mtasts import StsEvaluator, Trace
 from mxpolicyd.state import DomainState
+from mxpolicyd.verdict import Verdict, pending
 
 
 class Evaluator:
-    def __init__(self, sts: StsEvaluator) -> None:
+    def __init__(self, sts: StsEvaluator, dane: DaneEvaluator | None = None) -> None:
         self._sts = sts
+        self._dane = dane
+        self._partial: dict[str, DaneState] = {}
 
     def evaluate(
         self, domain: str, prior: DomainState | None, trace: Trace | None = None
@@ -30,5 +35,21 @@ class Evaluator:
     async def _evaluate(
         self, domain: str, prior: DomainState, trace: Trace | None
     ) -> DomainState:
-        sts = await self._sts.evaluate(domain, prior.sts, trace)
-        return replace(prior, sts=sts)
+        sts_d = self._sts.evaluate(domain, prior.sts, trace)
+        if self._dane is None:
+            return DomainState(sts=await sts_d)
+        dane_d = self._dane.evaluate(domain, prior.dane)
+        dane_d.addCallback(self._found, domain)
+        try:
+            await gatherResults([sts_d, dane_d], consumeErrors=True)  # type: ignore[arg-type]
+            return DomainState(sts=await sts_d, dane=await dane_d)
+        finally:
+            self._partial.pop(domain, None)
+
+    def _found(self, dane: DaneState, domain: str) -> DaneState:
+        self._partial[domain] = dane
+        return dane
+
+    def pending(self, domain: str) -> Verdict:
+        """The answer for C{domain} while its first evaluation runs."""
+        return pending(domain, self._partial.get(domain), self._dane is not None)

@@ -13,6 +13,8 @@ resolver reports bogus data).
 
 from __future__ import annotations
 
+import inspect
+
 import ipaddress
 import re
 import secrets
@@ -104,6 +106,8 @@ class Answer:
     secure: bool
     canonical_name: str
     cnames: tuple[str, ...]
+    # Records in the response that this dnspython could not parse (skipped).
+    malformed: int = 0
 
     @property
     def exists(self) -> bool:
@@ -143,6 +147,17 @@ class _TryFailed(Exception):
         self.detail = detail
 
 
+# dnspython >= 2.6 refuses some records that older versions accept (a TLSA
+# digest of the wrong length, say); with continue_on_error it skips them and
+# lists them in Message.errors, so one bad record does not make the whole
+# answer unusable.  RFC 7672 calls such TLSA records unusable, not an error.
+_LENIENT: dict[str, bool] = (
+    {"continue_on_error": True}
+    if "continue_on_error" in inspect.signature(dns.message.from_wire).parameters
+    else {}
+)
+
+
 class _Truncated(Exception):
     """The UDP response had TC set: ask the same server again over TCP."""
 
@@ -155,7 +170,9 @@ def _response_or_none(query: dns.message.Message, data: bytes) -> dns.message.Me
     this query that is truncated or cannot be parsed.
     """
     try:
-        response = dns.message.from_wire(data)
+        response = dns.message.from_wire(data, **_LENIENT)  # type: ignore[arg-type]
+        if getattr(response, "errors", None) and not query.is_response(response):
+            raise ValueError("response too malformed to match a query")
     except Exception:
         # Unparseable. If the header says it is ours, it counts against the
         # server (and TC means a partial message, worth a TCP retry).
@@ -445,6 +462,7 @@ class Resolver:
         while True:
             response = await self._exchange(current, rdtype, name_text)
             secure = secure and bool(response.flags & dns.flags.AD)
+            malformed = len(getattr(response, "errors", ()))
             asked = current
             records: tuple[Any, ...] | None = None
             # Walk the CNAME chain that the response carries for the name asked.
@@ -471,7 +489,8 @@ class Resolver:
             rcode = response.rcode()
             if records is not None:
                 return self._answer(
-                    name_text, rdtype, dns.rcode.NOERROR, records, ttl, secure, current, cnames
+                    name_text, rdtype, dns.rcode.NOERROR, records, ttl, secure, current, cnames,
+                    malformed,
                 )
             if rcode == dns.rcode.NXDOMAIN or current == asked:
                 return self._answer(
@@ -483,6 +502,7 @@ class Resolver:
                     secure,
                     current,
                     cnames,
+                    malformed,
                 )
             # The chain stopped at a name this response says nothing about:
             # ask for the last target itself.
@@ -503,6 +523,7 @@ class Resolver:
         secure: bool,
         canonical: dns.name.Name,
         cnames: list[str],
+        malformed: int = 0,
     ) -> Answer:
         return Answer(
             name=name,
@@ -513,6 +534,7 @@ class Resolver:
             secure=secure,
             canonical_name=_name_text(canonical),
             cnames=tuple(cnames),
+            malformed=malformed,
         )
 
     async def _exchange(

@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from mxpolicyd.dane import DaneState
 from mxpolicyd.sts import StsPolicy
 
 FOREVER = math.inf
@@ -98,11 +99,15 @@ class DomainState:
     """Everything known about one destination domain."""
 
     sts: StsState = field(default_factory=StsState)
+    # None: DANE not evaluated (disabled, or a state from before it was on).
+    dane: DaneState | None = None
 
     @property
     def due_at(self) -> float:
         """When the evidence behind the verdict should be checked again."""
-        return self.sts.due_at
+        if self.dane is None:
+            return self.sts.due_at
+        return min(self.sts.due_at, self.dane.due_at)
 
     def changes_at(self, now: float) -> float:
         """
@@ -114,10 +119,17 @@ class DomainState:
         return FOREVER
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": 1, "sts": self.sts.to_json()}
+        data: dict[str, Any] = {"v": 1, "sts": self.sts.to_json()}
+        if self.dane is not None:
+            data["dane"] = self.dane.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> DomainState:
         if not isinstance(data, dict) or data.get("v") != 1:
             raise ValueError("not a version 1 domain state")
-        return cls(sts=StsState.from_json(data.get("sts", {})))
+        dane = data.get("dane")
+        return cls(
+            sts=StsState.from_json(data.get("sts", {})),
+            dane=None if dane is None else DaneState.from_json(dane),
+        )

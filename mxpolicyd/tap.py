@@ -9,6 +9,7 @@ MultiService.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mxpolicyd.cache import PolicyCache
 from mxpolicyd.config import Config, ConfigError
+from mxpolicyd.dane import DaneEvaluator
 from mxpolicyd.evaluator import Evaluator
 from mxpolicyd.fetch import PolicyFetcher
 from mxpolicyd.mtasts import StsEvaluator
@@ -65,7 +67,21 @@ def build_evaluator(config: Config, reactor: Any) -> Evaluator:
         ttl_max=config.mta_sts.txt_ttl_max,
         retry_interval=config.mta_sts.retry_interval,
     )
-    return Evaluator(sts)
+    dane = None
+    if config.dane.enabled:
+        dane = DaneEvaluator(
+            reactor, resolver, ttl_min=config.dane.ttl_min, ttl_max=config.dane.ttl_max
+        )
+        remote = [ns for ns in nameservers if not ipaddress.ip_address(ns).is_loopback]
+        if remote:
+            _log.warn(
+                "DANE trusts the AD bit of resolver {remote}, which is not on "
+                "loopback: an attacker on the path could forge it.  Run a local "
+                "validating resolver (unbound) and list it in dns.nameservers, "
+                "or set dane.enabled = false",
+                remote=", ".join(remote),
+            )
+    return Evaluator(sts, dane)
 
 
 @dataclass
@@ -84,12 +100,14 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
 
     store = SQLiteStore(config.store_path, run)
     store.open()
+    evaluator = build_evaluator(config, reactor)
     cache = PolicyCache(
         reactor,
-        build_evaluator(config, reactor),
+        evaluator,
         store,
         deadline=config.lookup.deadline,
         max_evaluations=config.lookup.max_evaluations,
+        pending=evaluator.pending,
     )
     count = cache.load(store.load())
     _log.info(

@@ -12,6 +12,11 @@ import enum
 from dataclasses import dataclass
 
 from mxpolicyd.config import Profile
+from mxpolicyd.dane import DANE as DANE_SOME
+from mxpolicyd.dane import DANE_ONLY
+from mxpolicyd.dane import NONE as DANE_NONE
+from mxpolicyd.dane import TEMP as DANE_TEMP
+from mxpolicyd.dane import DaneState
 from mxpolicyd.state import DomainState
 from mxpolicyd.sts import StsPolicy, postfix_match
 
@@ -37,7 +42,22 @@ class Verdict:
 
 
 def decide(domain: str, state: DomainState, now: float) -> Verdict:
-    """Apply the answer table to the evidence known at C{now}."""
+    """
+    Apply the answer table to the evidence known at C{now}.
+
+    DANE comes first: RFC 8461 s2 says MTA-STS must not override a failing
+    DANE validation, and when the DNS cannot say whether DANE applies, the
+    mail waits rather than falling through to MTA-STS.
+    """
+    dane = state.dane
+    if dane is not None:
+        if dane.status == DANE_TEMP:
+            return Verdict(domain, Action.TEMP, "DANE state unknown: " + dane.reason,
+                           reason="DANE " + dane.reason)
+        if dane.status == DANE_ONLY:
+            return Verdict(domain, Action.DANE_ONLY, dane.reason)
+        if dane.status == DANE_SOME:
+            return Verdict(domain, Action.DANE, dane.reason)
     sts = state.sts
     policy = sts.active_policy(now)
     if policy is None:
@@ -55,16 +75,22 @@ def decide(domain: str, state: DomainState, now: float) -> Verdict:
     return Verdict(domain, Action.NONE, "MTA-STS policy in mode none", policy)
 
 
-def pending(domain: str) -> Verdict:
+def pending(domain: str, dane: DaneState | None, dane_enabled: bool) -> Verdict:
     """
     The answer while a domain's first evaluation is still running.
 
-    Only MTA-STS is evaluated, and RFC 8461 s5 lets the first fetch run
-    asynchronously, so mail may go out as if there were no policy.
+    An unknown DANE state makes the mail wait.  Once DANE is known not to
+    apply, only MTA-STS is pending, and RFC 8461 s5 lets the first fetch run
+    asynchronously, so mail may go out as if there were no policy.  A DANE
+    verdict found first is final: MTA-STS could not change it.
     """
-    return Verdict(
-        domain, Action.NONE, "first evaluation still running at the lookup deadline"
-    )
+    rule = "first evaluation still running at the lookup deadline"
+    if dane_enabled and dane is None:
+        return Verdict(domain, Action.TEMP, rule + " (DANE state unknown)",
+                       reason="DANE lookups still in progress")
+    if dane is not None and dane.status != DANE_NONE:
+        return decide(domain, DomainState(dane=dane), 0.0)
+    return Verdict(domain, Action.NONE, rule)
 
 
 NOTFOUND = b"NOTFOUND "

@@ -84,3 +84,18 @@ class FakeFetcher:
         if isinstance(body, Exception):
             return fail(body)
         return succeed(body)
+
+
+def answer(name: str, rdtype: int, *texts: str, secure: bool = True, ttl: int = 300,
+           canonical: str | None = None) -> Answer:
+    """A positive answer of any type, records given in zone-file text."""
+    rdatas = tuple(dns.rdata.from_text(dns.rdataclass.IN, rdtype, t) for t in texts)
+    canonical = canonical or name
+    return Answer(name, rdtype, dns.rcode.NOERROR, rdatas, ttl, secure, canonical,
+                  () if canonical == name else (canonical,))
+
+
+def empty(name: str, rdtype: int, secure: bool = True, ttl: int = 60,
+          rcode: int = dns.rcode.NOERROR) -> Answer:
+    """NODATA (or NXDOMAIN with rcode=) with its negative TTL."""
+    return Answer(name, rdtype, rcode, (), ttl, secure, name, ())

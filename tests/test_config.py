@@ -31,6 +31,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.store_path, "/home/u/.local/state/mxpolicyd/mxpolicyd.sqlite")
         self.assertIsNone(config.mta_sts.trust_root)
         self.assertEqual(config.dns.nameservers, ())
+        self.assertTrue(config.dane.enabled)
+        self.assertEqual((config.dane.ttl_min, config.dane.ttl_max), (60, 3600))
 
     def test_state_directory(self) -> None:
         """systemd's STATE_DIRECTORY wins over XDG_STATE_HOME and HOME."""
@@ -89,6 +91,8 @@ class ConfigTests(SynchronousTestCase):
             ({"profiles": {"pf": {"tlsrpt": "yes"}}}, "profiles.pf.tlsrpt must be true or false"),
             ({"profiles": {"p f": {}}}, "profiles.p f is not a valid map name"),
             ({"dsn": {}}, "dsn is not a known setting"),
+            ({"dane": {"ttl_min": 100, "ttl_max": 50}}, "dane.ttl_max must not be below"),
+            ({"dane": {"enabled": 1}}, "dane.enabled must be true or false"),
             ({"dns": []}, "dns must be a table"),
         ]
         for data, expected in cases:

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from mxpolicyd.resolver import Answer, DNSError, Resolver, system_nameservers
 
+TLSA = dns.rdatatype.TLSA
 A = dns.rdatatype.A
 MX = dns.rdatatype.MX
 TXT = dns.rdatatype.TXT
@@ -311,6 +312,21 @@ class AnswerTests(ResolverTestCase):
         port = self.reactor.udp[0]
         port.receive(response(port.query(), ["other.test. 60 IN A 192.0.2.9"], authority=[SOA]))
         self.assertEqual(self.successResultOf(d).records, ())
+
+    def test_record_newer_dnspython_rejects(self) -> None:
+        """A TLSA digest of the wrong length never fails the lookup, on any dnspython."""
+        d = self.resolver().query("_25._tcp.mx.example.test", TLSA)
+        port = self.reactor.udp[0]
+        good = response(port.query(), ["_25._tcp.mx.example.test. 300 IN TLSA 3 1 0 " + "ab" * 20])
+        # Matching type 0 takes any length; 1 (SHA-256) must be 32 bytes.
+        wire = good.to_wire().replace(b"\x03\x01\x00" + b"\xab" * 20, b"\x03\x01\x01" + b"\xab" * 20)
+        port.receive(wire)
+        answer = self.successResultOf(d)
+        # dnspython < 2.6 parses it (the caller finds it unusable); newer ones
+        # skip it and count it.
+        self.assertEqual(len(answer.records) + answer.malformed, 1)
+        self.assertTrue(answer.secure)
+        self.assertClean()
 
     def test_answer_is_frozen(self) -> None:
         """Answer objects are immutable (they are shared by cached evaluations)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from dataclasses import replace
+
 from mxpolicyd.config import BUILTIN_PROFILES, Profile
+from mxpolicyd.dane import DANE, DANE_ONLY, NONE, TEMP, DaneState
 from mxpolicyd.state import DomainState, StsState
 from mxpolicyd.sts import StsPolicy
 from mxpolicyd.verdict import Action, Verdict, decide, pending, postfix_reply
@@ -35,9 +38,35 @@ class DecideTests(SynchronousTestCase):
             self.assertEqual(verdict.action, action, state)
             self.assertIn(rule, verdict.rule, state)
 
+    def test_dane_table(self) -> None:
+        """DANE decides before MTA-STS; an unknown DANE state is TEMP, never a fall-through."""
+        table = [
+            (DaneState(DANE_ONLY, "all usable"), "enforce", Action.DANE_ONLY),
+            (DaneState(DANE, "some"), "enforce", Action.DANE),
+            (DaneState(DANE, "some"), None, Action.DANE),
+            (DaneState(TEMP, "MX lookup failed: DNS SERVFAIL"), "enforce", Action.TEMP),
+            (DaneState(TEMP, "x"), None, Action.TEMP),
+            (DaneState(NONE, "insecure"), "enforce", Action.STS_ENFORCE),
+            (DaneState(NONE, "insecure"), "testing", Action.STS_TESTING),
+            (DaneState(NONE, "insecure"), None, Action.NONE),
+        ]
+        for dane, mode, action in table:
+            state = replace(sts(mode), dane=dane)
+            self.assertEqual(decide("example.test", state, NOW).action, action, (dane, mode))
+
+    def test_temp_reason(self) -> None:
+        """A TEMP verdict carries the DANE failure as its reason."""
+        state = DomainState(dane=DaneState(TEMP, "MX lookup failed: DNS SERVFAIL for x.test MX"))
+        verdict = decide("x.test", state, NOW)
+        self.assertEqual(verdict.reason, "DANE MX lookup failed: DNS SERVFAIL for x.test MX")
+
     def test_pending(self) -> None:
-        """An MTA-STS-only pending evaluation lets mail go as if no policy (RFC 8461 s5)."""
-        self.assertEqual(pending("example.test").action, Action.NONE)
+        """At the deadline: TEMP while DANE is unknown, its verdict once known, else NOTFOUND."""
+        self.assertEqual(pending("d.test", None, False).action, Action.NONE)
+        self.assertEqual(pending("d.test", None, True).action, Action.TEMP)
+        self.assertEqual(pending("d.test", DaneState(NONE), True).action, Action.NONE)
+        self.assertEqual(pending("d.test", DaneState(DANE_ONLY), True).action, Action.DANE_ONLY)
+        self.assertEqual(pending("d.test", DaneState(TEMP, "x"), True).action, Action.TEMP)
 
 
 class PostfixReplyTests(SynchronousTestCase):
