@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import dns.flags
+import dns.message
+import dns.rdatatype
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -88,3 +91,18 @@ class IntegrationTestCase(SynchronousTestCase):
                 break
             time.sleep(0.05)
         return lines
+
+    def resolve(self, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message:
+        """Ask the world's validating resolver, with the DO bit as the daemon does."""
+        return self.world.unbound.query(name, rdtype, timeout)
+
+    @staticmethod
+    def ad(response: dns.message.Message) -> bool:
+        """Whether the resolver vouched for the response (the AD bit)."""
+        return bool(response.flags & dns.flags.AD)
+
+    @staticmethod
+    def rdata(response: dns.message.Message, rdtype: str) -> list[str]:
+        """The answer section's rdata texts of one type, in order."""
+        wanted = dns.rdatatype.from_text(rdtype)
+        return [rd.to_text() for rrset in response.answer if rrset.rdtype == wanted for rd in rrset]

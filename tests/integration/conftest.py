@@ -13,10 +13,14 @@ from typing import Any, Callable, Iterator, Mapping
 import pytest
 
 from .daemon import POSTMAP, Daemon
+from .dnssec import KEYGEN, SIGNZONE
 from .world import World, running_world
 
 REQUIRED = {
     "/usr/sbin/nsd": "nsd",
+    "/usr/sbin/unbound": "unbound",
+    KEYGEN: "ldnsutils",
+    SIGNZONE: "ldnsutils",
     "/usr/sbin/nginx": "nginx-light",
     POSTMAP: "postfix",
 }
@@ -26,11 +30,11 @@ StartDaemon = Callable[..., Daemon]
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """nsd, nginx, the test CA and a dead resolver, started once per session."""
+    """nsd, unbound, nginx, the test CA and a dead resolver, started once per session."""
     if os.geteuid() != 0:
         pytest.skip(
-            "integration tests need root (nginx listens on 127.0.0.44:443); "
-            "run tests/run as root"
+            "integration tests need root (nginx listens on 127.0.0.44:443, "
+            "unbound on 127.0.0.35:53); run tests/run as root"
         )
     missing = [
         f"{path} (Debian package {pkg})"
@@ -85,7 +89,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Attach the logs of the daemons a failed test used, and nginx's access log."""
+    """Attach the logs of the daemons a failed test used, unbound's log and nginx's access log."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if not report.failed:
@@ -98,4 +102,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             )
     world = getattr(item, "funcargs", {}).get("world")
     if isinstance(world, World):
+        unbound_log = world.unbound.log_text().splitlines()[-40:]
+        report.sections.append(("unbound log (tail)", "\n".join(unbound_log)))
         report.sections.append(("nginx access log (tail)", world.nginx.access_log_tail()))

@@ -1,15 +1,16 @@
 """
-A throw-away certificate authority for the policy hosts nginx serves: the
-daemon trusts only this CA in the tests, so good, wrong-name and expired
-certificates can all be issued locally.
+A throw-away certificate authority for the policy hosts nginx serves and the
+SMTP hosts of the DANE scenarios: the daemon trusts only this CA in the
+tests, so good, wrong-name and expired certificates can all be issued
+locally, and TLSA records are computed from the very keys the servers use.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+import hashlib
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,12 +18,46 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A certificate and its key, as PEM files nginx can load."""
+class Pair(NamedTuple):
+    """
+    A certificate file (leaf, then the CA: the chain a DANE-TA record needs
+    the server to send), its key, and the SHA-256 of the leaf's
+    SubjectPublicKeyInfo; unpacks as ``cert, key, spki_sha256``.
+    """
 
     cert: Path
     key: Path
+    spki_sha256: str
+
+    def tlsa(self) -> str:
+        """TLSA rdata ``3 1 1 <spki sha256>`` (DANE-EE) matching this certificate."""
+        return f"3 1 1 {self.spki_sha256}"
+
+
+def spki_der(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def tlsa_rdata(usage: int, selector: int, mtype: int, cert: x509.Certificate) -> str:
+    """
+    TLSA rdata text for ``cert``: selector 0 the whole certificate, 1 its
+    SubjectPublicKeyInfo; matching type 0 the bytes, 1 SHA-256, 2 SHA-512.
+    """
+    data = (
+        cert.public_bytes(serialization.Encoding.DER) if selector == 0 else spki_der(cert)
+    )
+    if mtype == 1:
+        data = hashlib.sha256(data).digest()
+    elif mtype == 2:
+        data = hashlib.sha512(data).digest()
+    return f"{usage} {selector} {mtype} {data.hex()}"
+
+
+def tlsa_mismatch(usage: int = 3) -> str:
+    """Well-formed, usable TLSA rdata (``<usage> 1 1``) that matches no key anywhere."""
+    return f"{usage} 1 1 {hashlib.sha256(b'no certificate has this key').hexdigest()}"
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -82,18 +117,32 @@ class CertificateAuthority:
         self.cert_path = directory / "ca.pem"
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    @property
+    def spki_sha256(self) -> str:
+        return hashlib.sha256(spki_der(self._cert)).hexdigest()
+
+    def tlsa(self) -> str:
+        """TLSA rdata ``2 1 1 <CA spki sha256>`` (DANE-TA) matching every certificate issued."""
+        return f"2 1 1 {self.spki_sha256}"
+
     def issue(
         self,
-        label: str,
         names: Sequence[str],
         *,
+        label: str | None = None,
         valid_days: tuple[int, int] = (-1, 30),
     ) -> Pair:
         """
         Issue a server certificate for ``names`` (SANs, the first also the CN),
-        valid from ``valid_days[0]`` to ``valid_days[1]`` days from now; a
-        negative end makes an expired certificate.
+        valid from ``valid_days[0]`` to ``valid_days[1]`` days from now (a
+        negative end makes an expired certificate), written to
+        ``<label>.pem``/``.key`` (label: the first name by default).
         """
+        label = label or names[0]
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
@@ -121,9 +170,15 @@ class CertificateAuthority:
             )
             .sign(self._key, hashes.SHA256())
         )
-        pair = Pair(self.directory / f"{label}.pem", self.directory / f"{label}.key")
-        # nginx wants the chain in the certificate file; the leaf is enough
-        # here because the daemon trusts the CA directly.
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pair = Pair(
+            self.directory / f"{label}.pem",
+            self.directory / f"{label}.key",
+            hashlib.sha256(spki_der(cert)).hexdigest(),
+        )
+        # nginx and SMTP servers want the chain in the certificate file.
+        pair.cert.write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM)
+            + self._cert.public_bytes(serialization.Encoding.PEM)
+        )
         _write_key(key, pair.key)
         return pair

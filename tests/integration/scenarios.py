@@ -1,18 +1,25 @@
 """
 The test world's domains: for each ``<name>.test`` its ``_mta-sts`` records
-in the zone nsd serves, the policy host nginx serves, and the answer Postfix
-should get. Hosts whose only defect is the one under test serve an otherwise
-valid enforce policy, so a daemon that overlooked the defect would answer
-enforce and fail the test.
+and its MX, address and TLSA records in the zones nsd serves, the policy host
+nginx serves, and the answer Postfix should get. Hosts whose only defect is
+the one under test serve an otherwise valid enforce policy, so a daemon that
+overlooked the defect would answer enforce and fail the test; likewise DANE
+domains differ from a stronger answer by exactly their one defect.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from .servers import Site
+from .pki import tlsa_mismatch
+from .servers import BOGUS, INSECURE, SECURE, ChildZone, Site
 
 POLICY_ADDRESS = "127.0.0.44"
+# The local validating resolver: port 53, since Postfix's smtp(8) reads
+# resolv.conf, which cannot name a port.
+RESOLVER_ADDRESS = "127.0.0.35"
+# Where nothing answers DNS: servfail.test's nameserver.
+DEAD_ADDRESS = "127.0.0.99"
 MAX_AGE = 86400
 
 
@@ -96,6 +103,8 @@ SITES: list[Site] = [
     Site("rotate.test", policy("enforce", ROTATE_MX_BEFORE)),
     Site("restart.test", _enforce("restart.test")),
     Site("stale.test", _enforce("stale.test")),
+    Site("danests.test", _enforce("danests.test")),
+    Site("notlsasts.test", _enforce("notlsasts.test")),
 ]
 
 GOOD_CERT_HOSTS = [s.host for s in SITES if s.certificate == "good"]
@@ -126,6 +135,8 @@ RECORDS: dict[str, list[str]] = {
     "_mta-sts.rotate": [_txt(_ID)],
     "_mta-sts.restart": [_txt(_ID)],
     "_mta-sts.stale": [_txt(_ID)],
+    "_mta-sts.danests": [_txt(_ID)],
+    "_mta-sts.notlsasts": [_txt(_ID)],
 }
 for _site in SITES:
     _label = _site.domain[: -len(".test")]
@@ -137,3 +148,121 @@ for _site in SITES:
 def rotated_records() -> dict[str, list[str]]:
     """The zone change that publishes rotate.test's new policy id."""
     return {"_mta-sts.rotate": [_txt(f"v=STSv1; id={ROTATE_ID_AFTER}")]}
+
+
+# --- DANE ------------------------------------------------------------------
+
+# Zones delegated from test. and served by the same nsd.
+CHILD_ZONES = [
+    ChildZone("signed", SECURE),
+    ChildZone("insecure", INSECURE),
+    ChildZone("bogus", BOGUS),
+]
+
+DANE_ONLY = "dane-only"
+DANE = "dane"
+
+_A = "A 127.0.0.1"
+
+
+def _mx(*hosts: str) -> list[str]:
+    """MX RRs, preferences 10, 20, ... in order; hosts relative to test."""
+    return [f"MX {10 * (i + 1)} {h}.test." for i, h in enumerate(hosts)]
+
+
+def _host(name: str, *tlsa: str) -> dict[str, list[str]]:
+    """An MX host (relative to test.) at 127.0.0.1 with ``tlsa`` at _25._tcp."""
+    records = {name: [_A]}
+    if tlsa:
+        records[f"_25._tcp.{name}"] = [f"TLSA {t}" for t in tlsa]
+    return records
+
+
+def dane_records(ee: str, ta: str) -> dict[str, list[str]]:
+    """
+    The DANE scenarios' records; ``ee`` and ``ta`` are the usable TLSA rdata
+    texts (``3 1 1 ...`` of the MX certificate, ``2 1 1 ...`` of the CA).
+    """
+    # Unusable for SMTP: PKIX-TA(0) and PKIX-EE(1) usages, and a SHA-256
+    # matching type with a 20-byte digest.
+    pkix_ta = "0 0 1 " + "a0" * 32
+    pkix_ee = "1 1 1 " + "b1" * 32
+    short = "3 1 1 " + "c2" * 20
+    return {
+        # Every MX host has usable TLSA: dane-only.
+        "daneonly": _mx("mx1.daneonly", "mx2.daneonly"),
+        **_host("mx1.daneonly", ee),
+        **_host("mx2.daneonly", ta),
+        # Usable TLSA that matches no certificate: the daemon cannot tell.
+        "mismatch": _mx("mx1.mismatch"),
+        **_host("mx1.mismatch", tlsa_mismatch()),
+        # One host with TLSA, one without: dane.
+        "danesome": _mx("mx1.danesome", "mx2.danesome"),
+        **_host("mx1.danesome", ee),
+        **_host("mx2.danesome"),
+        # Only unusable TLSA: dane (TLS required, unauthenticated).
+        "unusable": _mx("mx1.unusable", "mx2.unusable"),
+        **_host("mx1.unusable", pkix_ta, pkix_ee),
+        **_host("mx2.unusable", short),
+        # Secure MX, secure address, no TLSA: no DANE.
+        "notlsa": _mx("mx1.notlsa"),
+        **_host("mx1.notlsa"),
+        # notlsasts.test is the same plus an enforce policy: its MX and host
+        # come with its Site, as danests.test's do. danests.test: TLSA on
+        # its MX host and an enforce policy: DANE wins.
+        "_25._tcp.mx1.danests": [f"TLSA {ee}"],
+        # In the signed child zone: the chain of trust runs through a DS.
+        "dane.signed": _mx("mx1.dane.signed"),
+        **_host("mx1.dane.signed", ee),
+        # In the insecure child zone: TLSA that must be ignored.
+        "dane.insecure": _mx("mx1.dane.insecure"),
+        **_host("mx1.dane.insecure", ee),
+        # In the bogus child zone: TEMP.
+        "dane.bogus": _mx("mx1.dane.bogus"),
+        **_host("mx1.dane.bogus", ee),
+        # A secure domain one of whose hosts is in the bogus zone: TEMP.
+        "bogushost": _mx("mx1.bogushost", "mx1.dane.bogus"),
+        **_host("mx1.bogushost", ee),
+        # dane.servfail.test: its zone's nameserver never answers: TEMP.
+        "servfail": ["NS ns.servfail.test."],
+        "ns.servfail": [f"A {DEAD_ADDRESS}"],
+        # A secure domain one of whose hosts is in that zone: TEMP.
+        "servfailhost": _mx("mx1.servfailhost", "mx.servfail"),
+        **_host("mx1.servfailhost", ee),
+        # The MX host is a CNAME; TLSA only at the target.
+        "danecname": _mx("mx1.danecname"),
+        "mx1.danecname": ["CNAME smtp.danecname.test."],
+        **_host("smtp.danecname", ee),
+        # The MX host is a CNAME; TLSA only at the original name.
+        "cnameorig": _mx("mx1.cnameorig"),
+        "mx1.cnameorig": ["CNAME smtp.cnameorig.test."],
+        **_host("smtp.cnameorig"),
+        "_25._tcp.mx1.cnameorig": [f"TLSA {ee}"],
+        # No MX: the domain is its own MX host.
+        **_host("implicit", ee),
+        # One host with TLSA, one whose address (and TLSA) is insecure: dane.
+        "insecurehost": _mx("mx1.insecurehost", "mx1.dane.insecure"),
+        **_host("mx1.insecurehost", ee),
+        # One host with TLSA, one that does not exist: dane.
+        "nxhost": _mx("mx1.nxhost", "missing.nxhost"),
+        **_host("mx1.nxhost", ee),
+        # No TLSA until a test publishes one at _25._tcp.mx1.tlsachange.
+        "tlsachange": _mx("mx1.tlsachange"),
+        **_host("mx1.tlsachange"),
+    }
+
+
+def zone_records(ee: str, ta: str) -> dict[str, list[str]]:
+    """Every record of the world: the MTA-STS scenarios' and the DANE scenarios'."""
+    dane = dane_records(ee, ta)
+    overlap = sorted(set(dane) & set(RECORDS))
+    assert not overlap, f"owners in both the MTA-STS and DANE scenarios: {overlap}"
+    return {**RECORDS, **dane}
+
+
+# Every host a DANE scenario publishes TLSA for (CNAMEs expanded, the
+# original names kept): the names the MX certificate is issued for.
+DANE_MX_HOSTS = sorted(
+    {owner[len("_25._tcp."):] + ".test" for owner in dane_records("", "") if owner[0] == "_"}
+    | {"mx1.danecname.test", "smtp.cnameorig.test", "mx1.tlsachange.test"}
+)

@@ -1,7 +1,9 @@
 """
 The outside world the daemon talks to, run for real on loopback: Debian's nsd
-as the authoritative server for the ``test.`` zone, Debian's nginx as every
-``mta-sts.<domain>.test`` policy host, and a resolver that never answers.
+as the authoritative server for the DNSSEC-signed ``test.`` zone and its child
+zones, Debian's unbound as the local validating resolver in front of it,
+Debian's nginx as every ``mta-sts.<domain>.test`` policy host, and a resolver
+that never answers.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
 
+from .dnssec import SigningKey, sign_zone
 from .pki import Pair
 
 PR_SET_PDEATHSIG = 1
@@ -141,30 +146,88 @@ class ServerProcess:
 
 ZONE = "test."
 
+# How the parent ``test.`` vouches for a child zone nsd also serves.
+SECURE = "secure"  # signed, the parent publishes its key's DS
+INSECURE = "insecure"  # unsigned, no DS in the parent: provably insecure
+BOGUS = "bogus"  # signed, but the parent's DS is that of a key that signs nothing
+
+
+@dataclass(frozen=True)
+class ChildZone:
+    """A zone delegated from ``test.`` (``<label>.test.``) and served by the same nsd."""
+
+    label: str
+    security: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}.{ZONE}"
+
 
 class Nsd:
     """
-    nsd serving the single zone ``test.`` on 127.0.0.1 (UDP and TCP) at a free
-    port; ``records`` maps owner names relative to the zone to RR texts such
-    as ``'TXT "v=STSv1; id=1"'``.
+    nsd on 127.0.0.1 (UDP and TCP) at a free port, authoritative for the
+    signed zone ``test.`` and for its ``children``. ``records`` maps owner
+    names relative to ``test.`` (``"@"`` for the apex) to RR texts such as
+    ``'TXT "v=STSv1; id=1"'``; an owner at or under a child's label goes to
+    that child's zone, and names in RR data are relative to ``test.`` too.
+    Every zone is re-signed whenever it is written, so ``update`` keeps the
+    chain of trust valid.
     """
 
-    def __init__(self, directory: Path, records: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        records: Mapping[str, Sequence[str]],
+        children: Sequence[ChildZone] = (),
+    ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port(self.host, udp_too=True)
         self.records: dict[str, list[str]] = {k: list(v) for k, v in records.items()}
+        self.children = list(children)
         self.serial = 1
         self._mtime = time.time() - 1000
-        self.zone_path = directory / "test.zone"
         self.config_path = directory / "nsd.conf"
+        keys = directory / "keys"
+        # The key that signs each signed zone, and the one whose DS its parent
+        # publishes: the same, except in a bogus zone.
+        self.signing_keys: dict[str, SigningKey] = {ZONE: SigningKey.generate(ZONE, keys)}
+        self.ds_keys: dict[str, SigningKey] = {}
+        for child in self.children:
+            if child.security == INSECURE:
+                continue
+            key = SigningKey.generate(child.name, keys)
+            self.signing_keys[child.name] = key
+            self.ds_keys[child.name] = (
+                key if child.security == SECURE else SigningKey.generate(child.name, keys)
+            )
         self.server = ServerProcess(
             "nsd", ["/usr/sbin/nsd", "-d", "-c", str(self.config_path)], directory / "nsd.log"
         )
 
+    @property
+    def zones(self) -> list[str]:
+        return [ZONE] + [c.name for c in self.children]
+
+    @property
+    def trust_anchor(self) -> str:
+        """The DS of ``test.``'s key, for a validating resolver."""
+        return self.signing_keys[ZONE].trust_anchor()
+
+    def zone_path(self, zone: str) -> Path:
+        return self.directory / f"{zone}zone"
+
     def _write_config(self) -> None:
         d = self.directory
+        zones = "".join(
+            f"""zone:
+    name: "{zone}"
+    zonefile: "{self.zone_path(zone)}"
+"""
+            for zone in self.zones
+        )
         self.config_path.write_text(
             f"""server:
     ip-address: {self.host}
@@ -184,54 +247,83 @@ class Nsd:
     minimal-responses: yes
 remote-control:
     control-enable: no
-zone:
-    name: "{ZONE}"
-    zonefile: "{self.zone_path}"
-"""
+{zones}"""
         )
 
-    def _write_zone(self) -> None:
-        lines = [
-            f"$ORIGIN {ZONE}",
-            "$TTL 1",
-            f"@ 1 IN SOA ns.test. hostmaster.test. {self.serial} 1 1 60 1",
-            "@ 1 IN NS ns.test.",
-            "ns 1 IN A 127.0.0.1",
-        ]
+    def _zone_of(self, owner: str) -> str:
+        for child in self.children:
+            if owner == child.label or owner.endswith("." + child.label):
+                return child.name
+        return ZONE
+
+    def _zone_lines(self) -> dict[str, list[str]]:
+        def head(zone: str) -> list[str]:
+            ns = "ns" if zone == ZONE else f"ns.{zone[: -len(ZONE) - 1]}"
+            return [
+                f"$ORIGIN {ZONE}",
+                "$TTL 1",
+                f"{zone} 1 IN SOA {ns}.{ZONE} hostmaster.{ZONE} {self.serial} 1 1 60 1",
+                f"{zone} 1 IN NS {ns}.{ZONE}",
+                f"{ns} 1 IN A {self.host}",
+            ]
+
+        lines = {zone: head(zone) for zone in self.zones}
+        for child in self.children:
+            # The delegation, its glue, and for a signed child the DS.
+            lines[ZONE].append(f"{child.label} 1 IN NS ns.{child.name}")
+            lines[ZONE].append(f"ns.{child.label} 1 IN A {self.host}")
+            if child.name in self.ds_keys:
+                lines[ZONE].append(f"{child.label} 1 IN DS {self.ds_keys[child.name].ds}")
         for owner in sorted(self.records):
+            name = ZONE if owner == "@" else owner
             for rr in self.records[owner]:
-                lines.append(f"{owner} 1 IN {rr}")
-        tmp = self.zone_path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(self.zone_path)
-        # nsd reloads a zone file only when its mtime changed; a rewrite
-        # within the same second must still look newer.
-        self._mtime = max(self._mtime + 2, time.time())
-        os.utime(self.zone_path, (self._mtime, self._mtime))
+                lines[self._zone_of(owner)].append(f"{name} 1 IN {rr}")
+        return lines
+
+    def _write_zones(self) -> None:
+        for zone, lines in self._zone_lines().items():
+            path = self.zone_path(zone)
+            unsigned = path.with_suffix(".unsigned")
+            unsigned.write_text("\n".join(lines) + "\n")
+            tmp = path.with_suffix(".tmp")
+            if zone in self.signing_keys:
+                sign_zone(unsigned, tmp, zone, [self.signing_keys[zone]])
+            else:
+                unsigned.replace(tmp)
+            tmp.replace(path)
+            # nsd reloads a zone file only when its mtime changed; a rewrite
+            # within the same second must still look newer.
+            self._mtime = max(self._mtime + 2, time.time())
+            os.utime(path, (self._mtime, self._mtime))
 
     def start(self) -> None:
         self._write_config()
-        self._write_zone()
+        self._write_zones()
         self.server.start()
         self._wait_for_serial(15.0)
 
     def stop(self) -> None:
         self.server.stop()
 
-    def query(self, name: str, rdtype: str = "A", timeout: float = 1.0) -> dns.message.Message:
+    def query(
+        self, name: str, rdtype: str = "A", timeout: float = 1.0, *, dnssec: bool = False
+    ) -> dns.message.Message:
         """Ask nsd directly (UDP), for tests that check the fixture itself."""
-        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
+        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), want_dnssec=dnssec)
         return dns.query.udp(q, self.host, port=self.port, timeout=timeout)
 
     def _serves_serial(self) -> bool:
         self.server.check_running()
-        try:
-            r = self.query(ZONE, "SOA", timeout=0.3)
-        except (dns.exception.Timeout, OSError):
-            return False
-        return any(
-            rdata.serial == self.serial for rrset in r.answer for rdata in rrset
-        )
+        for zone in self.zones:
+            try:
+                r = self.query(zone, "SOA", timeout=0.3)
+            except (dns.exception.Timeout, OSError):
+                return False
+            if not any(
+                rdata.serial == self.serial for rrset in r.answer for rdata in rrset
+            ):
+                return False
+        return True
 
     def _wait_for_serial(self, timeout: float) -> None:
         try:
@@ -241,9 +333,9 @@ zone:
 
     def update(self, records: Mapping[str, Sequence[str]]) -> None:
         """
-        Replace the RRs of the given owners (an empty list deletes them) and
-        wait until nsd answers from the new zone; SIGHUP first, restart if
-        the reload is not seen in time.
+        Replace the RRs of the given owners (an empty list deletes them),
+        re-sign, and wait until nsd answers from the new zones; SIGHUP
+        first, restart if the reload is not seen in time.
         """
         for owner, rrs in records.items():
             if rrs:
@@ -251,7 +343,7 @@ zone:
             else:
                 self.records.pop(owner, None)
         self.serial += 1
-        self._write_zone()
+        self._write_zones()
         assert self.server.process is not None
         self.server.process.send_signal(signal.SIGHUP)
         try:
@@ -269,6 +361,142 @@ zone:
             yield
         finally:
             self.server.signal_group(signal.SIGCONT)
+
+
+class Unbound:
+    """
+    unbound as the local validating resolver on ``address``:``port`` (UDP and
+    TCP): it trusts only ``trust_anchor`` (the DS of ``test.``), reaches the
+    zones in ``stubs`` (zone -> ``"IP@port"``) directly, answers every other
+    name itself (NXDOMAIN from a static local zone) so no query ever leaves
+    the machine, and caches for at most a second so zone updates show at once.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        address: str,
+        port: int,
+        trust_anchor: str,
+        stubs: Mapping[str, str],
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.host = address
+        self.port = port
+        self.trust_anchor = trust_anchor
+        self.stubs = dict(stubs)
+        self.config_path = directory / "unbound.conf"
+        self.log = directory / "unbound.log"
+        self.server = ServerProcess(
+            "unbound",
+            ["/usr/sbin/unbound", "-d", "-c", str(self.config_path)],
+            directory / "unbound.out",
+        )
+
+    def _write_config(self) -> None:
+        d = self.directory
+        # Root hints naming only a loopback address nothing listens on: were
+        # unbound ever to prime the root, the packet would stay on the machine.
+        root_hints = d / "root.hints"
+        root_hints.write_text(". 3600 NS root.invalid.\nroot.invalid. 3600 A 127.0.0.99\n")
+        stubs = "".join(
+            f"""stub-zone:
+    name: "{zone}"
+    stub-addr: {addr}
+"""
+            for zone, addr in self.stubs.items()
+        )
+        transparent = "".join(
+            f'    local-zone: "{zone}" transparent\n' for zone in self.stubs
+        )
+        # Retransmit timeouts capped at 400 ms, and unreachable servers
+        # forgotten after 2 s: servfail.test., whose nameserver is silent,
+        # SERVFAILs in under a second (unbound would drop the reply to a
+        # client after 1.9 s, its discard-timeout), and a paused nsd is
+        # asked again as soon as it resumes.
+        self.config_path.write_text(
+            f"""server:
+    interface: {self.host}
+    port: {self.port}
+    do-ip4: yes
+    do-ip6: no
+    do-udp: yes
+    do-tcp: yes
+    access-control: 127.0.0.0/8 allow
+    num-threads: 1
+    directory: "{d}"
+    chroot: ""
+    username: ""
+    pidfile: "{d}/unbound.pid"
+    use-syslog: no
+    logfile: "{self.log}"
+    log-time-ascii: yes
+    verbosity: 1
+    val-log-level: 2
+    log-servfail: yes
+    root-hints: "{root_hints}"
+    do-not-query-localhost: no
+    module-config: "validator iterator"
+    trust-anchor: "{self.trust_anchor}"
+    trust-anchor-signaling: no
+    root-key-sentinel: no
+    qname-minimisation: no
+    aggressive-nsec: no
+    prefetch: no
+    cache-min-ttl: 0
+    cache-max-ttl: 1
+    cache-max-negative-ttl: 1
+    val-bogus-ttl: 1
+    infra-host-ttl: 2
+    infra-keep-probing: yes
+    unknown-server-time-limit: 200
+    infra-cache-max-rtt: 400
+    outgoing-num-tcp: 10
+    incoming-num-tcp: 10
+    local-zone: "." static
+{transparent}{stubs}remote-control:
+    control-enable: no
+"""
+        )
+
+    def start(self) -> None:
+        self._write_config()
+        if accepts_connections(self.host, self.port):
+            raise RuntimeError(
+                f"{self.host}:{self.port} is already taken (a stale unbound from an "
+                "earlier run, or another test run? see `ss -ltnp`)"
+            )
+        self.server.start()
+
+        def validates() -> bool:
+            self.server.check_running()
+            try:
+                r = self.query(ZONE, "SOA", timeout=0.3)
+            except (dns.exception.Timeout, OSError):
+                return False
+            return bool(r.flags & dns.flags.AD)
+
+        try:
+            wait_until(validates, 15.0, f"unbound on {self.host}:{self.port} to validate {ZONE}")
+        except (TimeoutError, RuntimeError) as e:
+            raise RuntimeError(f"{e}\nunbound log:\n{self.log_text()}") from None
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def query(self, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message:
+        """Ask unbound with the DO bit set (UDP), as the daemon does."""
+        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), want_dnssec=True)
+        return dns.query.udp(q, self.host, port=self.port, timeout=timeout)
+
+    def log_text(self, limit: int = 20000) -> str:
+        """Its log file, then anything it wrote to stdout/stderr before opening it."""
+        try:
+            data = self.log.read_bytes()
+        except OSError:
+            data = b""
+        return data[-limit:].decode("utf-8", "replace") + self.server.log_text(limit)
 
 
 class DeadResolver:

@@ -221,8 +221,10 @@ class PolicyChangeTests(IntegrationTestCase):
         self.assertAnswer("restart.test", restart, daemon=second)
 
     def test_dead_dns_unknown_domain(self) -> None:
-        """With DNS dead and nothing cached a domain is not found (as without MTA-STS)."""
-        daemon = self.start_daemon(None, self.world.dead_dns_config())
+        """With DNS dead, DANE off and nothing cached a domain is not found (as without MTA-STS)."""
+        daemon = self.start_daemon(
+            None, self.world.dead_dns_config(), self.world.no_dane_config()
+        )
         self.assertAnswer("enforce.test", NOT_FOUND, daemon=daemon)
         time.sleep(1.0)
         self.assertAnswer("enforce.test", NOT_FOUND, daemon=daemon)

@@ -1,8 +1,28 @@
 """
 Assembles the test world once per session: the CA and certificates, nsd with
-the scenario zone, nginx with the scenario policy hosts, a dead resolver and
-a private Postfix config for postmap; and the daemon config that points
-mxpolicyd at them.
+the DNSSEC-signed scenario zones, unbound validating them, nginx with the
+scenario policy hosts, a dead resolver and a private Postfix config for
+postmap; and the daemon config that points mxpolicyd at them.
+
+For tests of real deliveries (Postfix smtp(8) to an SMTP sink):
+
+- ``world.resolver`` is unbound's ``(address, port)``, ``("127.0.0.35", 53)``:
+  put ``nameserver 127.0.0.35`` and ``options trust-ad`` in the resolv.conf
+  smtp(8) reads. It validates everything under ``test.`` and answers every
+  other name itself (NXDOMAIN), so nothing leaves the machine.
+- ``world.ca.issue(names, label=None) -> Pair`` issues a certificate signed
+  by the test CA (``world.ca.cert_path``); a Pair unpacks as ``cert_path,
+  key_path, spki_sha256`` (the cert file holds the leaf then the CA, as a
+  DANE-TA record needs) and ``pair.tlsa()`` is its ``3 1 1 <spki sha256>``
+  TLSA rdata. ``world.ca.tlsa()`` is ``2 1 1 <CA spki sha256>``;
+  ``pki.tlsa_mismatch()`` is usable TLSA rdata that matches no key;
+  ``pki.tlsa_rdata(usage, selector, mtype, x509_cert)`` any other.
+- ``world.certificates["mx"]`` is already issued for every MX host of the
+  DANE scenarios (``scenarios.DANE_MX_HOSTS``), whose TLSA records match it
+  (or the CA); a sink presenting it passes their DANE checks.
+- ``world.nsd.update({"owner": ["TLSA 3 1 1 ...", ...]})`` (owners relative
+  to ``test.``; an empty list deletes) changes the zones, re-signs them and
+  returns once nsd serves them; unbound caches for at most a second.
 """
 
 from __future__ import annotations
@@ -14,30 +34,42 @@ from typing import Any, Iterator, Mapping
 
 from . import scenarios
 from .daemon import Daemon, make_postfix_config, merge
-from .pki import CertificateAuthority
-from .servers import DeadResolver, Nginx, Nsd
+from .pki import CertificateAuthority, Pair
+from .servers import DeadResolver, Nginx, Nsd, Unbound
 
 Config = Mapping[str, Mapping[str, Any]]
+
+RESOLVER_PORT = 53
 
 
 @dataclass
 class World:
     directory: Path
     ca: CertificateAuthority
+    certificates: dict[str, Pair]
     nsd: Nsd
+    unbound: Unbound
     nginx: Nginx
     dead_dns: DeadResolver
     postfix_config: Path
     _daemons: int = field(default=0)
 
+    @property
+    def resolver(self) -> tuple[str, int]:
+        """The validating resolver's address and port."""
+        return (self.unbound.host, self.unbound.port)
+
     def config(self, state_directory: Path, *overrides: Config) -> dict[str, dict[str, Any]]:
-        """A daemon config using nsd and the test CA, with ``overrides`` merged in."""
+        """
+        A daemon config using unbound (the AD bit is trusted only from a local
+        validating resolver) and the test CA, with ``overrides`` merged in.
+        """
         base: Config = {
             "daemon": {"state_directory": str(state_directory)},
             "lookup": {"deadline": 3.0},
             "dns": {
-                "nameservers": ["127.0.0.1"],
-                "port": self.nsd.port,
+                "nameservers": [self.unbound.host],
+                "port": self.unbound.port,
                 "timeout": 1.0,
                 "attempts": 2,
             },
@@ -49,6 +81,7 @@ class World:
                 "txt_ttl_max": 3600,
                 "retry_interval": 300,
             },
+            "dane": {"enabled": True, "ttl_min": 1, "ttl_max": 3600},
         }
         return merge(base, *overrides)
 
@@ -62,6 +95,10 @@ class World:
                 "attempts": 1,
             }
         }
+
+    def no_dane_config(self) -> Config:
+        """The override that turns DANE off, leaving MTA-STS alone."""
+        return {"dane": {"enabled": False}}
 
     def new_daemon(self, state_directory: Path | None = None, *overrides: Config) -> Daemon:
         """A (not yet started) daemon with its own directory and, by default, a fresh store."""
@@ -80,23 +117,41 @@ def running_world(directory: Path) -> Iterator[World]:
     """Start every server of the test world; stop them all on exit."""
     ca = CertificateAuthority(directory / "pki")
     certificates = {
-        "good": ca.issue("good", scenarios.GOOD_CERT_HOSTS),
-        "wrong": ca.issue("wrong", [scenarios.WRONG_CERT_NAME]),
-        "expired": ca.issue("expired", ["mta-sts.expired.test"], valid_days=(-30, -1)),
+        "good": ca.issue(scenarios.GOOD_CERT_HOSTS, label="good"),
+        "wrong": ca.issue([scenarios.WRONG_CERT_NAME], label="wrong"),
+        "expired": ca.issue(
+            ["mta-sts.expired.test"], label="expired", valid_days=(-30, -1)
+        ),
+        "mx": ca.issue(scenarios.DANE_MX_HOSTS, label="mx"),
     }
-    nsd = Nsd(directory / "nsd", scenarios.RECORDS)
+    records = scenarios.zone_records(certificates["mx"].tlsa(), ca.tlsa())
+    nsd = Nsd(directory / "nsd", records, scenarios.CHILD_ZONES)
+    at_nsd = f"{nsd.host}@{nsd.port}"
+    # unbound reaches each zone nsd serves directly: a delegation's glue
+    # cannot say which port nsd listens on.
+    unbound = Unbound(
+        directory / "unbound",
+        scenarios.RESOLVER_ADDRESS,
+        RESOLVER_PORT,
+        nsd.trust_anchor,
+        {zone: at_nsd for zone in nsd.zones},
+    )
     nginx = Nginx(directory / "nginx", scenarios.POLICY_ADDRESS, scenarios.SITES, certificates)
     dead = DeadResolver()
     with contextlib.ExitStack() as stack:
         stack.callback(dead.close)
         stack.callback(nsd.stop)
         nsd.start()
+        stack.callback(unbound.stop)
+        unbound.start()
         stack.callback(nginx.stop)
         nginx.start()
         yield World(
             directory=directory,
             ca=ca,
+            certificates=certificates,
             nsd=nsd,
+            unbound=unbound,
             nginx=nginx,
             dead_dns=dead,
             postfix_config=make_postfix_config(directory / "postfix"),

@@ -1,0 +1,344 @@
+"""
+The daemon's answers proved by real mail: Postfix's chrooted smtp(8) asks
+mxpolicyd for each recipient domain's TLS policy, resolves MX, address and
+TLSA records through the validating resolver, and delivers (or not) to SMTP
+sinks on loopback port 25 that present certificates from the test CA.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pytest
+
+from .case import IntegrationTestCase
+from .daemon import POSTMAP, Daemon
+from .pki import Pair, tlsa_mismatch
+from .postfix import Delivery, Postfix
+from .scenarios import POLICY_ADDRESS, enforce_answer, policy
+from .servers import Site, free_port, wait_until
+from .smtpsink import SmtpSink
+from .world import World
+
+pytestmark = pytest.mark.integration
+
+PROXY_UNIX = Postfix.PROXY_UNIX
+CHROOT_UNIX = Postfix.CHROOT_UNIX
+
+
+@pytest.fixture(scope="session")
+def postfix(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postfix]:
+    """
+    One Postfix instance for the session, resolving through the world's
+    validating resolver and trusting the test CA; its policy tables point at
+    a fixed TCP port and unix socket that delivery daemons listen on.
+    """
+    address, port = world.resolver
+    assert port == 53, f"smtp(8) reads resolv.conf, which cannot name port {port}"
+    directory = tmp_path_factory.mktemp("postfix-delivery")
+    instance = Postfix(
+        directory,
+        ca_file=world.ca.cert_path,
+        nameserver=address,
+        policy_port=free_port(),
+        policy_socket=directory / "policy" / "mxpolicyd.sock",
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="class")
+def delivery_daemon(world: World, postfix: Postfix) -> Iterator[Daemon]:
+    """A daemon listening where the Postfix instance asks: TCP and the unix socket."""
+    daemon = world.new_daemon()
+    # Daemon picks a port of its own; this one must be Postfix's.
+    daemon.port = postfix.policy_port
+    daemon.config["socketmap"]["listen"] = postfix.policy_listen()
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+class DeliveryTestCase(IntegrationTestCase):
+    """Helpers to publish a domain, run its SMTP sinks and deliver to it."""
+
+    postfix: Postfix
+
+    @pytest.fixture(autouse=True)
+    def _delivery(self, postfix: Postfix, delivery_daemon: Daemon) -> None:
+        self.postfix = postfix
+        self.daemon = delivery_daemon
+
+    def sink(self, address: str, name: str, certificate: Pair | None) -> SmtpSink:
+        """An SMTP sink on ``address``:25 for this test only."""
+        sink = SmtpSink(address, name, certificate).start()
+        self.addCleanup(sink.stop)
+        return sink
+
+    def publish(self, records: dict[str, list[str]]) -> None:
+        """Add records to the signed zones (owners relative to test.); removed after the test."""
+        self.world.nsd.update(records)
+        self.addCleanup(self.world.nsd.update, {owner: [] for owner in records})
+
+    def publish_mx(
+        self, domain: str, hosts: dict[str, str], tlsa: dict[str, str] | None = None
+    ) -> None:
+        """``domain``'s MX hosts (name -> address), with TLSA rdata for some of them."""
+        records: dict[str, list[str]] = {
+            _owner(domain): [f"MX {10 * (i + 1)} {host}." for i, host in enumerate(hosts)]
+        }
+        for host, address in hosts.items():
+            records[_owner(host)] = [f"A {address}"]
+        for host, rdata in (tlsa or {}).items():
+            records["_25._tcp." + _owner(host)] = [f"TLSA {rdata}"]
+        self.publish(records)
+
+    def publish_sts(self, domain: str, mx: Sequence[str]) -> None:
+        """An MTA-STS enforce policy for ``domain``: its TXT record and its policy host."""
+        self.publish({
+            "_mta-sts." + _owner(domain): ['TXT "v=STSv1; id=1"'],
+            "mta-sts." + _owner(domain): [f"A {POLICY_ADDRESS}"],
+        })
+        add_policy_host(self.world, domain, policy("enforce", mx))
+
+    def deliver(self, domain: str, transport: str | None = None) -> Delivery:
+        """Send one message to ``domain`` and return smtp(8)'s first attempt."""
+        queue_id = self.postfix.send(f"user@{domain}", transport=transport)
+        self.addCleanup(self.postfix.delete, queue_id)
+        delivery = self.postfix.wait_for(queue_id, timeout=30.0)
+        self.addCleanup(self.assertNeverBounced, queue_id)
+        return delivery
+
+    def assertNeverBounced(self, queue_id: str) -> None:
+        """A bounce is a failure whatever the test expected: mail must wait, not return."""
+        statuses = [d.status for d in self.postfix.deliveries(queue_id)]
+        self.assertNotIn("bounced", statuses, self.postfix.log_tail())
+        self.assertNotIn("expired", statuses, self.postfix.log_tail())
+
+    def assertSent(self, delivery: Delivery, sink: SmtpSink, mx: str) -> None:
+        """Delivered over TLS that Postfix verified, with SNI ``mx``; the sink has the message."""
+        log = "\n".join(delivery.log)
+        self.assertEqual(delivery.status, "sent", log)
+        self.assertIn(f"Verified TLS connection established to {mx}[", log)
+        self.assertEqual(len(sink.messages), 1, sink.sessions)
+        message = sink.messages[0]
+        self.assertEqual(message.rcpt_to, (delivery.recipient,))
+        self.assertTrue(message.tls)
+        self.assertEqual(message.sni, mx)
+
+    def assertDeferred(
+        self, delivery: Delivery, reason: str, logged: str, *sinks: SmtpSink
+    ) -> None:
+        """
+        Deferred with a 4.x.x status and ``reason``, ``logged`` among the
+        attempt's log lines, the message still queued, no sink got it.
+        """
+        log = "\n".join(delivery.log)
+        self.assertEqual(delivery.status, "deferred", log)
+        self.assertTrue(delivery.dsn.startswith("4."), log)
+        self.assertIn(reason, delivery.reason, log)
+        self.assertIn(logged, log)
+        queued = {m["queue_id"] for m in self.postfix.queue()}
+        self.assertIn(delivery.queue_id, queued)
+        for sink in sinks:
+            self.assertEqual(sink.messages, [], sink.sessions)
+
+
+def _owner(name: str) -> str:
+    """An absolute ``.test`` name as an owner relative to the zone ``test.``."""
+    assert name.endswith(".test"), name
+    return name[: -len(".test")]
+
+
+def add_policy_host(world: World, domain: str, body: str) -> None:
+    """
+    Serve ``mta-sts.<domain>`` from nginx with a certificate of its own.
+    nginx's sites are fixed when it starts, so this adds one to its config
+    and reloads it (SIGHUP to the master), then waits until it serves and
+    the old worker, which still knows only the old sites, has exited.
+    """
+    nginx = world.nginx
+    site = Site(domain, body, certificate=f"policy-{domain}")
+    nginx.certificates[site.certificate] = world.ca.issue([site.host], label=site.certificate)
+    nginx.sites[domain] = site
+    (nginx.www / site.host).mkdir(parents=True, exist_ok=True)
+    nginx.set_policy(domain, body)
+    nginx._write_config()
+    master = nginx.server.process
+    assert master is not None
+    master.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: _policy_served(world, site.host, body) and _children(master.pid) == 1,
+        10.0,
+        f"nginx to serve {site.host} from its new worker alone",
+    )
+
+
+def _children(pid: int) -> int:
+    """How many processes have ``pid`` as their parent."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            count += 1
+    return count
+
+
+def _policy_served(world: World, host: str, body: str) -> bool:
+    context = ssl.create_default_context(cafile=str(world.ca.cert_path))
+    try:
+        with socket.create_connection((POLICY_ADDRESS, 443), timeout=2) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(
+                    f"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
+                )
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+    except (OSError, ssl.SSLError):
+        return False
+    return data.startswith(b"HTTP/1.1 200") and data.endswith(body.encode())
+
+
+class MTASTSDeliveryTests(DeliveryTestCase):
+    """MTA-STS enforce answers, as smtp(8) applies them to real MX hosts."""
+
+    def test_valid_certificate_delivers(self) -> None:
+        """Enforce policy, MX certificate valid for its name: sent over verified TLS with SNI."""
+        domain, mx = "stsgood.deliver.test", "mx.stsgood.deliver.test"
+        self.publish_mx(domain, {mx: "127.0.0.61"})
+        self.publish_sts(domain, [mx])
+        sink = self.sink("127.0.0.61", mx, self.world.ca.issue([mx]))
+        delivery = self.deliver(domain)
+        self.assertSent(delivery, sink, mx)
+        self.assertAnswer(domain, enforce_answer([mx]))
+
+    def test_wrong_certificate_defers(self) -> None:
+        """Enforce policy, MX certificate for another name: deferred, the sink gets nothing."""
+        domain, mx = "stswrong.deliver.test", "mx.stswrong.deliver.test"
+        self.publish_mx(domain, {mx: "127.0.0.62"})
+        self.publish_sts(domain, [mx])
+        sink = self.sink("127.0.0.62", mx, self.world.ca.issue(["other.deliver.test"]))
+        delivery = self.deliver(domain)
+        self.assertDeferred(
+            delivery, "Server certificate not verified", "hostname mismatch", sink
+        )
+        self.assertTrue(any(s.tls for s in sink.sessions), sink.sessions)
+        self.assertAnswer(domain, enforce_answer([mx]))
+
+
+class DANEDeliveryTests(DeliveryTestCase):
+    """DANE answers: Postfix checks the TLSA records the daemon found usable."""
+
+    def test_matching_tlsa_delivers(self) -> None:
+        """Secure MX with TLSA 3 1 1 of the sink's key: dane-only, delivered over verified TLS."""
+        domain, mx = "daneok.deliver.test", "mx.daneok.deliver.test"
+        pair = self.world.ca.issue([mx])
+        self.publish_mx(domain, {mx: "127.0.0.63"}, tlsa={mx: pair.tlsa()})
+        sink = self.sink("127.0.0.63", mx, pair)
+        delivery = self.deliver(domain)
+        self.assertSent(delivery, sink, mx)
+        self.assertAnswer(domain, "dane-only")
+
+    def test_mismatching_tlsa_defers(self) -> None:
+        """Secure MX with TLSA matching no key: dane-only, deferred, the sink gets nothing."""
+        domain, mx = "danebad.deliver.test", "mx.danebad.deliver.test"
+        self.publish_mx(domain, {mx: "127.0.0.64"}, tlsa={mx: tlsa_mismatch()})
+        sink = self.sink("127.0.0.64", mx, self.world.ca.issue([mx]))
+        delivery = self.deliver(domain)
+        self.assertDeferred(
+            delivery, "Server certificate not verified", "no matching DANE TLSA records", sink
+        )
+        self.assertTrue(any(s.tls for s in sink.sessions), sink.sessions)
+        self.assertAnswer(domain, "dane-only")
+
+    def test_bogus_zone_defers(self) -> None:
+        """In the bogus zone: Postfix's own MX lookup fails, mail waits, the daemon says TEMP."""
+        domain, mx = "dlv.bogus.test", "mx.dlv.bogus.test"
+        pair = self.world.ca.issue([mx])
+        self.publish_mx(domain, {mx: "127.0.0.65"}, tlsa={mx: pair.tlsa()})
+        sink = self.sink("127.0.0.65", mx, pair)
+        delivery = self.deliver(domain)
+        # Postfix's own MX lookup fails first: the resolver says SERVFAIL.
+        self.assertDeferred(
+            delivery, f"Name service error for name={domain} type=MX", "Host not found", sink
+        )
+        self.assertEqual(sink.sessions, [])
+        self.assertTemp(domain)
+
+    def test_bogus_mx_host_defers(self) -> None:
+        """A secure domain with an MX host in the bogus zone: the daemon's TEMP defers the mail."""
+        domain, mx = "bogushost.deliver.test", "mx.bogushost.deliver.test"
+        bogus_mx = "mx.dlvhost.bogus.test"
+        pair = self.world.ca.issue([mx])
+        self.publish_mx(
+            domain, {mx: "127.0.0.66", bogus_mx: "127.0.0.67"}, tlsa={mx: pair.tlsa()}
+        )
+        sink = self.sink("127.0.0.66", mx, pair)
+        delivery = self.deliver(domain)
+        self.assertDeferred(
+            delivery, "client TLS configuration problem", "policy table lookup error", sink
+        )
+        self.assertEqual(sink.sessions, [])
+        self.assertTemp(domain)
+
+    def assertTemp(self, domain: str) -> None:
+        """postmap gets a lookup error (a TEMP answer) for ``domain``."""
+        result = self.daemon.postmap(domain)
+        self.assertEqual((result.code, result.stdout), (1, ""), result)
+        self.assertIn("query error", result.stderr, result)
+
+
+class SocketFormTests(DeliveryTestCase):
+    """The map forms a chrooted smtp(8) can and cannot use to reach the daemon."""
+
+    def deliver_sts(
+        self, label: str, address: str, transport: str | None
+    ) -> tuple[Delivery, SmtpSink, str]:
+        """Deliver through ``transport`` to a new enforce domain whose sink passes the policy."""
+        domain, mx = f"{label}.deliver.test", f"mx.{label}.deliver.test"
+        self.publish_mx(domain, {mx: address})
+        self.publish_sts(domain, [mx])
+        sink = self.sink(address, mx, self.world.ca.issue([mx]))
+        return self.deliver(domain, transport), sink, mx
+
+    def test_inet_socketmap(self) -> None:
+        """socketmap:inet:127.0.0.1:PORT from chrooted smtp(8) reaches the daemon: delivered."""
+        delivery, sink, mx = self.deliver_sts("sockinet", "127.0.0.68", None)
+        self.assertSent(delivery, sink, mx)
+
+    def test_proxy_unix_socketmap(self) -> None:
+        """proxy:socketmap:unix:/abs/path works from chrooted smtp(8): proxymap is not chrooted."""
+        delivery, sink, mx = self.deliver_sts("sockproxy", "127.0.0.69", PROXY_UNIX)
+        self.assertSent(delivery, sink, mx)
+
+    def test_chrooted_unix_socketmap_fails(self) -> None:
+        """socketmap:unix:/abs/path from chrooted smtp(8) resolves inside the chroot: deferred."""
+        delivery, sink, mx = self.deliver_sts("sockunix", "127.0.0.70", CHROOT_UNIX)
+        self.assertDeferred(
+            delivery, "client TLS configuration problem", "policy table lookup error", sink
+        )
+        log = "\n".join(delivery.log)
+        self.assertIn(f"connect to {self.postfix.policy_socket}: No such file", log)
+        self.assertEqual(sink.sessions, [])
+        # The same map outside the chroot reaches the daemon: postmap passes
+        # where smtp(8) fails.
+        table = f"socketmap:unix:{self.postfix.policy_socket}:postfix"
+        r = subprocess.run(
+            [POSTMAP, "-c", str(self.world.postfix_config), "-q", "sockunix.deliver.test", table],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        )
+        self.assertEqual((r.returncode, r.stdout), (0, enforce_answer([mx]) + "\n"), r.stderr)
