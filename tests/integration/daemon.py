@@ -7,13 +7,15 @@ socketmap, so the answers are checked the way Postfix reads them.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .servers import accepts_connections, die_with_parent, free_port
 
@@ -129,10 +131,65 @@ def make_postfix_config(directory: Path) -> Path:
     return directory
 
 
+class Listener(NamedTuple):
+    """Where a ``socketmap.listen`` entry accepts connections: a TCP address or a unix path."""
+
+    family: int
+    address: tuple[str, int] | str
+
+    @classmethod
+    def parse(cls, description: str) -> Listener:
+        """
+        A ``tcp:PORT:interface=IP`` or ``unix:PATH[:options]`` endpoint string;
+        a TCP listener must name a loopback interface, as no test may listen
+        beyond the machine.
+        """
+        kind, *parts = description.split(":")
+        options = dict(p.split("=", 1) for p in parts if "=" in p)
+        positional = [p for p in parts if "=" not in p]
+        if kind == "unix" and (positional or "address" in options):
+            return cls(socket.AF_UNIX, positional[0] if positional else options["address"])
+        if kind == "tcp" and (positional or "port" in options):
+            interface = options.get("interface", "")
+            try:
+                loopback = ipaddress.ip_address(interface).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ValueError(
+                    f"listen entry {description!r} must name a loopback interface "
+                    "(interface=127.0.0.1)"
+                )
+            port = int(positional[0] if positional else options["port"])
+            return cls(socket.AF_INET, (interface, port))
+        raise ValueError(
+            f"listen entry {description!r}: the harness knows only tcp:PORT:interface=IP "
+            "and unix:PATH"
+        )
+
+    def accepts_connections(self) -> bool:
+        if isinstance(self.address, tuple):
+            return accepts_connections(*self.address)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect(self.address)
+            except OSError:
+                return False
+            return True
+
+    def __str__(self) -> str:
+        if isinstance(self.address, tuple):
+            return "{}:{}".format(*self.address)
+        return self.address
+
+
 class Daemon:
     """
-    One ``python -m mxpolicyd --config FILE`` process. Several may share a
-    state directory one after the other, to test restarts with a warm store.
+    One ``python -m mxpolicyd --config FILE`` process, listening where
+    ``listen`` (endpoint strings) says, by default on 127.0.0.1 at a free
+    port. Several may share a state directory one after the other, to test
+    restarts with a warm store.
     """
 
     # Every Daemon started; conftest shows their logs when a test fails.
@@ -143,17 +200,30 @@ class Daemon:
         directory: Path,
         config: Mapping[str, Mapping[str, Any]],
         postfix_config: Path,
+        listen: Sequence[str] | None = None,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.config = merge(
-            config, {"socketmap": {"listen": [f"tcp:{self.port}:interface=127.0.0.1"]}}
-        )
+        if listen is None:
+            listen = [f"tcp:{free_port()}:interface=127.0.0.1"]
+        self.listeners = [Listener.parse(entry) for entry in listen]
+        self.config = merge(config, {"socketmap": {"listen": list(listen)}})
         self.config_path = directory / "mxpolicyd.toml"
         self.log_path = directory / "mxpolicyd.log"
         self.postfix_config = postfix_config
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """The first TCP listener, which ``postmap`` and the CLI ask."""
+        for listener in self.listeners:
+            if isinstance(listener.address, tuple):
+                return listener.address
+        raise ValueError(f"{self.directory.name} has no TCP listener")
+
+    @property
+    def port(self) -> int:
+        return self.tcp_address[1]
 
     @staticmethod
     def environment() -> dict[str, str]:
@@ -178,7 +248,7 @@ class Daemon:
                 preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
-        while not accepts_connections("127.0.0.1", self.port):
+        while waiting := [str(x) for x in self.listeners if not x.accepts_connections()]:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"mxpolicyd exited with {self.process.returncode} before listening:\n"
@@ -187,7 +257,7 @@ class Daemon:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"mxpolicyd did not listen on 127.0.0.1:{self.port} within "
+                    f"mxpolicyd did not listen on {', '.join(waiting)} within "
                     f"{timeout} s:\n" + self.log_text()
                 )
             time.sleep(0.05)
@@ -219,10 +289,12 @@ class Daemon:
         return data[-limit:].decode("utf-8", "replace")
 
     def postmap(self, key: str, name: str = "postfix") -> PostmapResult:
-        return postmap(key, name, port=self.port, config_dir=self.postfix_config)
+        host, port = self.tcp_address
+        return postmap(key, name, host=host, port=port, config_dir=self.postfix_config)
 
     def postmap_many(self, keys: Iterable[str], name: str = "postfix") -> PostmapResult:
-        return postmap_many(keys, name, port=self.port, config_dir=self.postfix_config)
+        host, port = self.tcp_address
+        return postmap_many(keys, name, host=host, port=port, config_dir=self.postfix_config)
 
     def cli(
         self, *args: str, config_path: Path | None = None, timeout: float = 60.0

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .addresses import DEAD_ADDRESS, POLICY_ADDRESS
 from .pki import tlsa_mismatch
 from .servers import BOGUS, INSECURE, SECURE, ChildZone, Site
 
-POLICY_ADDRESS = "127.0.0.44"
-# The local validating resolver: port 53, since Postfix's smtp(8) reads
-# resolv.conf, which cannot name a port.
-RESOLVER_ADDRESS = "127.0.0.35"
-# Where nothing answers DNS: servfail.test's nameserver.
-DEAD_ADDRESS = "127.0.0.99"
 MAX_AGE = 86400
 
 

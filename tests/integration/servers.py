@@ -3,7 +3,7 @@ The outside world the daemon talks to, run for real on loopback: Debian's nsd
 as the authoritative server for the DNSSEC-signed ``test.`` zone and its child
 zones, Debian's unbound as the local validating resolver in front of it,
 Debian's nginx as every ``mta-sts.<domain>.test`` policy host, and a resolver
-that never answers.
+that never answers. The fixed addresses some of them take are in addresses.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
+from .addresses import DEAD_ADDRESS, POLICY_PORT, ensure_free
 from .dnssec import SigningKey, sign_zone
 from .pki import Pair
 
@@ -71,6 +72,19 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is ``pid``."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
 
 
 def accepts_connections(host: str, port: int) -> bool:
@@ -399,7 +413,7 @@ class Unbound:
         # Root hints naming only a loopback address nothing listens on: were
         # unbound ever to prime the root, the packet would stay on the machine.
         root_hints = d / "root.hints"
-        root_hints.write_text(". 3600 NS root.invalid.\nroot.invalid. 3600 A 127.0.0.99\n")
+        root_hints.write_text(f". 3600 NS root.invalid.\nroot.invalid. 3600 A {DEAD_ADDRESS}\n")
         stubs = "".join(
             f"""stub-zone:
     name: "{zone}"
@@ -462,11 +476,7 @@ class Unbound:
 
     def start(self) -> None:
         self._write_config()
-        if accepts_connections(self.host, self.port):
-            raise RuntimeError(
-                f"{self.host}:{self.port} is already taken (a stale unbound from an "
-                "earlier run, or another test run? see `ss -ltnp`)"
-            )
+        ensure_free(self.host, self.port, "unbound", udp=True)
         self.server.start()
 
         def validates() -> bool:
@@ -549,9 +559,9 @@ class Site:
 
 class Nginx:
     """
-    nginx on ``address``:443 with one TLS ``server`` per policy host, the
-    certificate chosen by SNI; ``certificates`` maps a Site's certificate
-    label to its PEM pair.
+    nginx on ``address``:``port`` with one TLS ``server`` per policy host,
+    the certificate chosen by SNI; ``certificates`` maps a Site's
+    certificate label to its PEM pair. ``add_site`` adds a host while it runs.
     """
 
     def __init__(
@@ -560,11 +570,12 @@ class Nginx:
         address: str,
         sites: Sequence[Site],
         certificates: Mapping[str, Pair],
+        port: int = POLICY_PORT,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.address = address
-        self.port = 443
+        self.port = port
         self.sites = {s.domain: s for s in sites}
         self.certificates = dict(certificates)
         self.www = directory / "www"
@@ -595,6 +606,38 @@ class Nginx:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+    def add_site(self, site: Site, pair: Pair, timeout: float = 10.0) -> None:
+        """
+        Serve one more policy host (or replace one), presenting ``pair``.
+        Workers read the sites and certificates when they start, so this
+        reloads nginx (SIGHUP to the master) and returns only once every old
+        worker has exited: no later request can meet the old certificate set.
+        """
+        master = self.server.process
+        if master is None or not self.server.running():
+            raise RuntimeError("nginx is not running: add_site needs a started Nginx")
+        self.certificates[site.certificate] = pair
+        self.sites[site.domain] = site
+        self._publish(site)
+        self._write_config()
+        old_workers = child_pids(master.pid)
+        master.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            self.server.check_running()
+            workers = child_pids(master.pid)
+            return bool(workers) and not workers & old_workers
+
+        try:
+            wait_until(reloaded, timeout, f"nginx to serve {site.host} from new workers only")
+        except (TimeoutError, RuntimeError) as e:
+            raise RuntimeError(f"{e}\nnginx error log:\n{self.error_log()}") from None
+
+    def _publish(self, site: Site) -> None:
+        """Create the host's document root, with its policy file if it has one."""
+        (self.www / site.host).mkdir(parents=True, exist_ok=True)
+        self.set_policy(site.domain, site.body)
 
     def _server_block(self, site: Site) -> str:
         pair = self.certificates[site.certificate]
@@ -653,15 +696,9 @@ http {{
     def start(self) -> None:
         (self.directory / "tmp").mkdir(exist_ok=True)
         for site in self.sites.values():
-            (self.www / site.host).mkdir(parents=True, exist_ok=True)
-            if site.body is not None:
-                self.set_policy(site.domain, site.body)
+            self._publish(site)
         self._write_config()
-        if accepts_connections(self.address, self.port):
-            raise RuntimeError(
-                f"{self.address}:{self.port} is already taken (a stale nginx from an "
-                "earlier run? see `ss -ltnp`)"
-            )
+        ensure_free(self.address, self.port, "nginx")
         self.server.start()
 
         def up() -> bool:

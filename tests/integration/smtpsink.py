@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .addresses import SMTP_PORT, bind_error
 from .pki import Pair
 
-SMTP_PORT = 25
 # RFC 5321 s4.5.3.1.4: a command line is at most 512 octets; a text line of
 # DATA at most 1000.  A little slack costs nothing in a test.
 MAX_LINE = 4096
@@ -284,7 +284,10 @@ class SmtpSink:
         return context
 
     def start(self) -> SmtpSink:
-        server = _Server((self.address, self.port), _Handler)
+        try:
+            server = _Server((self.address, self.port), _Handler)
+        except OSError as e:
+            raise bind_error(e, self.address, self.port, f"the SMTP sink {self.name}") from None
         server.sink = self
         self._server = server
         self._thread = threading.Thread(

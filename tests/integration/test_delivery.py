@@ -7,21 +7,18 @@ sinks on loopback port 25 that present certificates from the test CA.
 
 from __future__ import annotations
 
-import signal
-import socket
-import ssl
 import subprocess
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import pytest
 
+from .addresses import POLICY_ADDRESS, SINK_ADDRESSES
 from .case import IntegrationTestCase
 from .daemon import POSTMAP, Daemon
 from .pki import Pair, tlsa_mismatch
 from .postfix import Delivery, Postfix
-from .scenarios import POLICY_ADDRESS, enforce_answer, policy
-from .servers import Site, free_port, wait_until
+from .scenarios import enforce_answer, policy
+from .servers import Site
 from .smtpsink import SmtpSink
 from .world import World
 
@@ -31,38 +28,10 @@ PROXY_UNIX = Postfix.PROXY_UNIX
 CHROOT_UNIX = Postfix.CHROOT_UNIX
 
 
-@pytest.fixture(scope="session")
-def postfix(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postfix]:
-    """
-    One Postfix instance for the session, resolving through the world's
-    validating resolver and trusting the test CA; its policy tables point at
-    a fixed TCP port and unix socket that delivery daemons listen on.
-    """
-    address, port = world.resolver
-    assert port == 53, f"smtp(8) reads resolv.conf, which cannot name port {port}"
-    directory = tmp_path_factory.mktemp("postfix-delivery")
-    instance = Postfix(
-        directory,
-        ca_file=world.ca.cert_path,
-        nameserver=address,
-        policy_port=free_port(),
-        policy_socket=directory / "policy" / "mxpolicyd.sock",
-    )
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
 @pytest.fixture(scope="class")
 def delivery_daemon(world: World, postfix: Postfix) -> Iterator[Daemon]:
     """A daemon listening where the Postfix instance asks: TCP and the unix socket."""
-    daemon = world.new_daemon()
-    # Daemon picks a port of its own; this one must be Postfix's.
-    daemon.port = postfix.policy_port
-    daemon.config["socketmap"]["listen"] = postfix.policy_listen()
-    daemon.start()
+    daemon = world.new_daemon(listen=postfix.policy_listen()).start()
     try:
         yield daemon
     finally:
@@ -81,6 +50,7 @@ class DeliveryTestCase(IntegrationTestCase):
 
     def sink(self, address: str, name: str, certificate: Pair | None) -> SmtpSink:
         """An SMTP sink on ``address``:25 for this test only."""
+        assert address in SINK_ADDRESSES, f"{address} is not among addresses.SINK_ADDRESSES"
         sink = SmtpSink(address, name, certificate).start()
         self.addCleanup(sink.stop)
         return sink
@@ -161,56 +131,9 @@ def _owner(name: str) -> str:
 
 
 def add_policy_host(world: World, domain: str, body: str) -> None:
-    """
-    Serve ``mta-sts.<domain>`` from nginx with a certificate of its own.
-    nginx's sites are fixed when it starts, so this adds one to its config
-    and reloads it (SIGHUP to the master), then waits until it serves and
-    the old worker, which still knows only the old sites, has exited.
-    """
-    nginx = world.nginx
+    """Serve ``mta-sts.<domain>`` from nginx, with a certificate of its own."""
     site = Site(domain, body, certificate=f"policy-{domain}")
-    nginx.certificates[site.certificate] = world.ca.issue([site.host], label=site.certificate)
-    nginx.sites[domain] = site
-    (nginx.www / site.host).mkdir(parents=True, exist_ok=True)
-    nginx.set_policy(domain, body)
-    nginx._write_config()
-    master = nginx.server.process
-    assert master is not None
-    master.send_signal(signal.SIGHUP)
-    wait_until(
-        lambda: _policy_served(world, site.host, body) and _children(master.pid) == 1,
-        10.0,
-        f"nginx to serve {site.host} from its new worker alone",
-    )
-
-
-def _children(pid: int) -> int:
-    """How many processes have ``pid`` as their parent."""
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            count += 1
-    return count
-
-
-def _policy_served(world: World, host: str, body: str) -> bool:
-    context = ssl.create_default_context(cafile=str(world.ca.cert_path))
-    try:
-        with socket.create_connection((POLICY_ADDRESS, 443), timeout=2) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.sendall(
-                    f"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
-                )
-                data = b""
-                while chunk := tls.recv(65536):
-                    data += chunk
-    except (OSError, ssl.SSLError):
-        return False
-    return data.startswith(b"HTTP/1.1 200") and data.endswith(body.encode())
+    world.nginx.add_site(site, world.ca.issue([site.host], label=site.certificate))
 
 
 class MTASTSDeliveryTests(DeliveryTestCase):

@@ -16,7 +16,7 @@ import dns.rdatatype
 import pytest
 from cryptography import x509
 
-from . import scenarios
+from . import addresses, scenarios
 from .case import IntegrationTestCase
 from .pki import tlsa_rdata
 
@@ -30,7 +30,7 @@ class WorldTests(IntegrationTestCase):
         """GET the policy URL of ``domain`` verified against the test CA: status, type, body."""
         host = "mta-sts." + domain
         context = ssl.create_default_context(cafile=str(self.world.ca.cert_path))
-        with socket.create_connection((scenarios.POLICY_ADDRESS, 443), timeout=5) as raw:
+        with socket.create_connection((addresses.POLICY_ADDRESS, addresses.POLICY_PORT), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname=host) as tls:
                 tls.sendall(
                     f"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\n"
@@ -141,7 +141,7 @@ class ResolverTests(IntegrationTestCase):
 
     def test_address(self) -> None:
         """The resolver listens where Postfix's resolv.conf can name it: port 53."""
-        self.assertEqual(self.world.resolver, (scenarios.RESOLVER_ADDRESS, 53))
+        self.assertEqual(self.world.resolver, (addresses.RESOLVER_ADDRESS, 53))
 
     def test_signed_name_authenticated(self) -> None:
         """A name in the signed test. zone gets AD=1."""

@@ -4,6 +4,11 @@ the DNSSEC-signed scenario zones, unbound validating them, nginx with the
 scenario policy hosts, a dead resolver and a private Postfix config for
 postmap; and the daemon config that points mxpolicyd at them.
 
+Every server and daemon listens on 127.0.0.1 at a port the kernel picks,
+except at the fixed addresses of addresses.py (which fail fast, naming the
+holder, if another run has them): unbound on 127.0.0.35:53, nginx on
+127.0.0.44:443 and the delivery tests' SMTP sinks on 127.0.0.61-70:25.
+
 For tests of real deliveries (Postfix smtp(8) to an SMTP sink):
 
 - ``world.resolver`` is unbound's ``(address, port)``, ``("127.0.0.35", 53)``:
@@ -30,16 +35,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import scenarios
+from .addresses import POLICY_ADDRESS, POLICY_PORT, RESOLVER_ADDRESS, RESOLVER_PORT
 from .daemon import Daemon, make_postfix_config, merge
 from .pki import CertificateAuthority, Pair
 from .servers import DeadResolver, Nginx, Nsd, Unbound
 
 Config = Mapping[str, Mapping[str, Any]]
-
-RESOLVER_PORT = 53
 
 
 @dataclass
@@ -100,15 +104,23 @@ class World:
         """The override that turns DANE off, leaving MTA-STS alone."""
         return {"dane": {"enabled": False}}
 
-    def new_daemon(self, state_directory: Path | None = None, *overrides: Config) -> Daemon:
-        """A (not yet started) daemon with its own directory and, by default, a fresh store."""
+    def new_daemon(
+        self,
+        state_directory: Path | None = None,
+        *overrides: Config,
+        listen: Sequence[str] | None = None,
+    ) -> Daemon:
+        """
+        A (not yet started) daemon with its own directory and, by default, a
+        fresh store; ``listen`` (endpoint strings) by default one free port.
+        """
         self._daemons += 1
         directory = self.directory / "daemons" / f"d{self._daemons}"
         if state_directory is None:
             state_directory = directory / "state"
         state_directory.mkdir(parents=True, exist_ok=True)
         return Daemon(
-            directory, self.config(state_directory, *overrides), self.postfix_config
+            directory, self.config(state_directory, *overrides), self.postfix_config, listen
         )
 
 
@@ -131,12 +143,14 @@ def running_world(directory: Path) -> Iterator[World]:
     # cannot say which port nsd listens on.
     unbound = Unbound(
         directory / "unbound",
-        scenarios.RESOLVER_ADDRESS,
+        RESOLVER_ADDRESS,
         RESOLVER_PORT,
         nsd.trust_anchor,
         {zone: at_nsd for zone in nsd.zones},
     )
-    nginx = Nginx(directory / "nginx", scenarios.POLICY_ADDRESS, scenarios.SITES, certificates)
+    nginx = Nginx(
+        directory / "nginx", POLICY_ADDRESS, scenarios.SITES, certificates, POLICY_PORT
+    )
     dead = DeadResolver()
     with contextlib.ExitStack() as stack:
         stack.callback(dead.close)
