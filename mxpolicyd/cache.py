@@ -7,12 +7,13 @@ evidence behind a verdict is due, the lookup still answers at once and starts
 a background re-check (stale-while-revalidate).  A lookup of an unknown domain
 starts an evaluation and waits for it no longer than the lookup deadline.
 Concurrent evaluations of one domain are coalesced into one, and evaluations
-in flight are bounded.
+in flight are bounded.  At start-up the store is read in the background; a
+domain asked for before its batch arrives is read from the store on its own.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import (
     CancelledError,
@@ -20,12 +21,24 @@ from twisted.internet.defer import (
     DeferredSemaphore,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxpolicyd.state import DomainState
-from mxpolicyd.verdict import Verdict, decide
+from mxpolicyd.store import Store, Stored
+from mxpolicyd.verdict import Action, Verdict, decide
 from mxpolicyd.verdict import pending as no_policy_yet
+
+# How strong a verdict is, for downgrade detection; TEMP is not a verdict
+# about the domain but about the DNS, and is never compared.
+STRENGTH = {
+    Action.DANE_ONLY: 4,
+    Action.DANE: 3,
+    Action.STS_ENFORCE: 2,
+    Action.STS_TESTING: 1,
+    Action.NONE: 0,
+}
 
 
 class _Evaluator(Protocol):
@@ -34,18 +47,18 @@ class _Evaluator(Protocol):
     ) -> Deferred[DomainState]: ...
 
 
-class _Store(Protocol):
-    def put(self, domain: str, state: DomainState) -> None: ...
-
-
 class Entry:
-    """One cached domain.  Mutable, replaced in place on re-evaluation."""
+    """One cached domain.  Mutable, updated in place on re-evaluation."""
 
-    __slots__ = ("domain", "state", "verdict", "due_at", "changes_at", "used_at")
+    __slots__ = (
+        "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresh_at",
+    )
 
-    def __init__(self, domain: str, state: DomainState, now: float) -> None:
+    def __init__(self, domain: str, state: DomainState, now: float, used_at: float) -> None:
         self.domain = domain
-        self.used_at = now
+        self.used_at = used_at
+        # The refresher's bookkeeping: the second it is scheduled for.
+        self.refresh_at = 0
         self.update(state, now)
 
     def update(self, state: DomainState, now: float) -> None:
@@ -62,15 +75,19 @@ class PolicyCache:
         self,
         clock: IReactorTime,
         evaluator: _Evaluator,
-        store: _Store | None = None,
+        store: Store | None = None,
         deadline: float = 2.0,
         max_evaluations: int = 100,
         pending: Callable[[str], Verdict] | None = None,
+        cooperator: Cooperator | None = None,
     ) -> None:
         """
         @param pending: what to answer for a domain whose first evaluation
             is still running at the deadline (by default: no policy).
+        @param cooperator: runs the background load (Twisted's global one by
+            default).
         """
+        self._cooperator = cooperator
         self._pending = pending or (lambda domain: no_policy_yet(domain, None, False))
         self._clock = clock
         self._evaluator = evaluator
@@ -80,6 +97,12 @@ class PolicyCache:
         self._entries: dict[str, Entry] = {}
         self._waiting: dict[str, list[Deferred[Entry]]] = {}
         self._listeners: list[Callable[[str], None]] = []
+        self._settled: list[Callable[[Entry], None]] = []
+        # Until the store has been read in full, a miss may be a domain
+        # whose batch has not arrived yet.
+        self.loaded = store is None
+        self.downgrades = 0
+        self.evaluations = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -101,14 +124,59 @@ class PolicyCache:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
         self._listeners.append(listener)
 
+    def on_settled(self, listener: Callable[[Entry], None]) -> None:
+        """
+        Call C{listener(entry)} whenever an entry is added or re-evaluated:
+        the refresher reschedules it.
+        """
+        self._settled.append(listener)
+
     def load(self, states: Iterable[tuple[str, DomainState]]) -> int:
-        """Fill the memory layer from the store, before serving."""
+        """Fill the memory layer at once (tests and tools)."""
         now = self._clock.seconds()
         count = 0
         for domain, state in states:
-            self._entries[domain] = Entry(domain, state, now)
+            self._insert(domain, state, now, now)
             count += 1
         return count
+
+    def warm(self, batch: int = 2000) -> Deferred[int]:
+        """
+        Read the whole store into memory in the background, a batch per
+        reactor turn, so that lookups are served from the first second.
+        """
+        assert self._store is not None
+        store = self._store
+        count = [0]
+
+        def insert(rows: list[Stored]) -> None:
+            now = self._clock.seconds()
+            for domain, state, used_at in rows:
+                if domain not in self._entries:
+                    self._insert(domain, state, now, used_at or now)
+                    count[0] += 1
+
+        def batches() -> Iterator[Deferred[None] | None]:
+            # A store on the network yields Deferreds; the cooperator waits.
+            for rows in store.scan(batch):
+                if isinstance(rows, Deferred):
+                    yield rows.addCallback(insert)
+                else:
+                    insert(rows)
+                    yield None
+
+        def done(_: Any) -> int:
+            self.loaded = True
+            return count[0]
+
+        run = self._cooperator.cooperate if self._cooperator is not None else cooperate
+        return run(batches()).whenDone().addCallback(done)
+
+    def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
+        entry = self._entries[domain] = Entry(domain, state, now, used_at)
+        for listener in self._settled:
+            listener(entry)
+        return entry
 
     def current(self, domain: str) -> Entry | None:
         """
@@ -137,12 +205,57 @@ class PolicyCache:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
+        if not self.loaded and self._store is not None:
+            d = self._store.get(domain)
+            d.addErrback(self._unreadable, domain)
+            return d.addCallback(self._stored, domain)
+        return self._wait(domain, self._evaluate(domain))
+
+    def _unreadable(self, failure: Failure, domain: str) -> None:
+        self._log.warn(
+            "Cannot read {domain} from the store ({error}); evaluating it afresh",
+            domain=domain,
+            error=failure.getErrorMessage(),
+        )
+        return None
+
+    def _stored(self, row: Stored | None, domain: str) -> Verdict | Deferred[Verdict]:
+        if domain not in self._entries and row is not None:
+            now = self._clock.seconds()
+            self._insert(domain, row[1], now, now)
+        entry = self.current(domain)
+        if entry is not None:
+            return entry.verdict
         return self._wait(domain, self._evaluate(domain))
 
     def revalidate(self, domain: str) -> None:
         """Re-evaluate C{domain} in the background, unless already under way."""
         if domain not in self._waiting:
-            self._evaluate(domain).addErrback(lambda f: f.trap(CancelledError))
+            self.refresh(domain).addErrback(lambda f: f.trap(CancelledError))
+
+    def refresh(self, domain: str) -> Deferred[Entry]:
+        """Re-evaluate C{domain} (coalesced); fires with its updated entry."""
+        return self._evaluate(domain)
+
+    def adopt(self, domain: str, state: DomainState) -> None:
+        """
+        Take a state that another daemon of the fleet evaluated, if it is
+        newer than ours.
+        """
+        entry = self._entries.get(domain)
+        if entry is None or _checked(state) <= _checked(entry.state):
+            return
+        self._apply(entry, state)
+
+    def forget(self, domain: str) -> bool:
+        """Drop a domain from memory and from the store."""
+        entry = self._entries.pop(domain, None)
+        if entry is None:
+            return False
+        if self._store is not None:
+            self._store.delete(domain)
+        self._changed(domain)
+        return True
 
     def _wait(self, domain: str, d: Deferred[Entry]) -> Deferred[Verdict]:
         result: Deferred[Verdict] = Deferred(lambda _: d.cancel())
@@ -186,6 +299,7 @@ class PolicyCache:
         self._waiting[domain] = [child]
         entry = self._entries.get(domain)
         prior = entry.state if entry is not None else None
+        self.evaluations += 1
         shared = self._semaphore.run(self._evaluator.evaluate, domain, prior)
         shared.addBoth(self._evaluated, domain)
         return child
@@ -202,29 +316,52 @@ class PolicyCache:
                 domain=domain,
             )
             if entry is None:
-                entry = Entry(domain, DomainState(), now)
+                entry = Entry(domain, DomainState(), now, now)
+            else:
+                for listener in self._settled:
+                    listener(entry)
         else:
             if entry is None:
-                entry = self._entries[domain] = Entry(domain, result, now)
+                entry = self._insert(domain, result, now, now)
+                self._changed(domain)
             else:
-                before = entry.verdict
-                entry.update(result, now)
-                if before.action is not entry.verdict.action:
-                    self._log.info(
-                        "Verdict for {domain} changed from {before} to {after} "
-                        "({rule})",
-                        domain=domain,
-                        before=before.action.value,
-                        after=entry.verdict.action.value,
-                        rule=entry.verdict.rule,
-                    )
+                self._apply(entry, result)
             if self._store is not None:
-                self._store.put(domain, result)
-            self._changed(domain)
+                self._store.put(domain, result, entry.used_at)
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(entry)
 
+    def _apply(self, entry: Entry, state: DomainState) -> None:
+        now = self._clock.seconds()
+        before = entry.verdict
+        entry.update(state, now)
+        after = entry.verdict
+        if before.action is not after.action:
+            weaker = STRENGTH.get(after.action, 99) < STRENGTH.get(before.action, -1)
+            if weaker:
+                self.downgrades += 1
+            (self._log.warn if weaker else self._log.info)(
+                "Verdict for {domain} {change} from {before} to {after}: {rule} "
+                "(was: {before_rule})",
+                domain=entry.domain,
+                change="weakened" if weaker else "changed",
+                before=before.action.value,
+                after=after.action.value,
+                rule=after.rule,
+                before_rule=before.rule,
+            )
+        self._changed(entry.domain)
+        for listener in self._settled:
+            listener(entry)
+
     def _changed(self, domain: str) -> None:
         for listener in self._listeners:
             listener(domain)
+
+
+def _checked(state: DomainState) -> float:
+    """When the evidence in C{state} was last gathered."""
+    if state.dane is None:
+        return state.sts.checked_at
+    return max(state.sts.checked_at, state.dane.checked_at)

@@ -127,10 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from twisted.logger import Logger
 
         Logger(namespace="mxpolicyd").info(
-            "mxpolicyd {version} serving socketmap on {listen} with {count} cached domains",
+            "mxpolicyd {version} serving socketmap on {listen}; reading the store "
+            "{path} in the background",
             version=__version__,
             listen=", ".join(config.socketmap.listen),
-            count=len(daemon.cache),
+            path=daemon.store.path,
         )
         return Deferred()
 

@@ -85,6 +85,14 @@ class DANEConfig:
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    enabled: bool = True
+    window: float = 7 * 86400.0
+    concurrency: int = 20
+    startup_spread: float = 60.0
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: str = ""
     flush_interval: float = 1.0
@@ -98,6 +106,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     dane: DANEConfig = field(default_factory=DANEConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     profiles: Mapping[str, Profile] = field(
         default_factory=lambda: dict(BUILTIN_PROFILES)
@@ -339,6 +348,15 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     )
     da.finish()
 
+    rf = top.table("refresh")
+    refresh = RefreshConfig(
+        enabled=rf.get("enabled", True, bool),
+        window=rf.positive("window", 7 * 86400.0),
+        concurrency=rf.positive("concurrency", 20),
+        startup_spread=rf.positive("startup_spread", 60.0),
+    )
+    rf.finish()
+
     st = top.table("store")
     store = StoreConfig(
         path=st.get("path", "", str),
@@ -371,6 +389,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         dns=dns,
         mta_sts=mta_sts,
         dane=dane,
+        refresh=refresh,
         store=store,
         profiles=profiles,
         source=source,

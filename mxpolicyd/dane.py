@@ -43,7 +43,7 @@ class _Resolver(Protocol):
     def query(self, name: str, rdtype: int) -> Deferred[Answer]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tlsa:
     usage: int
     selector: int
@@ -68,7 +68,7 @@ def usable(usage: int, selector: int, mtype: int, data: bytes) -> bool:
     return len(data) == _DIGEST_LENGTH[mtype]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostEvidence:
     name: str
     preference: int
@@ -102,7 +102,7 @@ class HostEvidence:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DaneState:
     """What the last DANE evaluation found, and when to look again."""
 

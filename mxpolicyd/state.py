@@ -20,7 +20,7 @@ from mxpolicyd.sts import StsPolicy
 FOREVER = math.inf
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StsState:
     """
     What RFC 8461 discovery and fetching last found for a domain.
@@ -94,7 +94,7 @@ _STS_FIELDS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DomainState:
     """Everything known about one destination domain."""
 

@@ -3,10 +3,12 @@ The durable store: domain states in SQLite, written behind the memory layer.
 
 The cache calls L{SQLiteStore.put} on the reactor thread; that only records
 the serialised state.  A timer flushes the batch in one transaction on a
-dedicated thread, so no lookup ever waits on the disk.  At start-up the whole
-store is read into memory, so that a restarted daemon answers every cached
-domain at once, with no network.  SQLite's WAL journal makes a kill -9 lose
-at most the last unflushed batch, never the file.
+dedicated thread, so no lookup ever waits on the disk.  At start-up the cache
+reads the store in batches in the background (L{SQLiteStore.scan}) and reads
+single domains it has not reached yet on demand (L{SQLiteStore.get}), so a
+restarted daemon answers every cached domain at once, with no network, even
+with a million of them.  SQLite's WAL journal makes a kill -9 lose at most
+the last unflushed batch, never the file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -32,9 +34,35 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
     domain TEXT PRIMARY KEY,
     state TEXT NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    used REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
+
+# A domain's state and when a lookup last asked for it.
+Stored = tuple[str, DomainState, float]
+
+
+class Store(Protocol):
+    """What the cache and the refresher need of a durable store."""
+
+    def scan(self, batch: int) -> Iterator[list[Stored] | Deferred[list[Stored]]]:
+        """Every stored domain, in batches (a network store yields Deferreds)."""
+
+    def get(self, domain: str) -> Deferred[Stored | None]:
+        """One domain, or None; fails if the store cannot be reached."""
+
+    def put(self, domain: str, state: DomainState, used_at: float) -> None:
+        """Record a domain's new state; written behind, never blocking."""
+
+    def delete(self, domain: str) -> None:
+        """Forget a domain; written behind."""
+
+    def lease(self, domain: str, seconds: float) -> Deferred[bool]:
+        """
+        Whether this daemon should refresh C{domain} now: False while
+        another member of the fleet holds it.
+        """
 
 
 class SQLiteStore:
@@ -52,7 +80,10 @@ class SQLiteStore:
         self._run = run
         self._wall = wall
         self._db: sqlite3.Connection | None = None
-        self._pending: dict[str, str | None] = {}
+        # Reads happen on the reactor thread, on their own connection: WAL
+        # lets them run beside the writer thread's transactions.
+        self._reader: sqlite3.Connection | None = None
+        self._pending: dict[str, tuple[str, float] | None] = {}
         self._flushing: Deferred[None] | None = None
 
     def open(self) -> None:
@@ -79,6 +110,7 @@ class SQLiteStore:
                 if os.path.exists(self.path + suffix):
                     os.replace(self.path + suffix, aside + suffix)
             self._db = self._connect()
+        self._reader = sqlite3.connect(self.path, isolation_level=None)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -86,34 +118,88 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(domains)")}
+            if "used" not in columns:
+                db.execute("ALTER TABLE domains ADD COLUMN used REAL NOT NULL DEFAULT 0")
             db.execute("SELECT count(*) FROM domains").fetchone()
         except BaseException:
             db.close()
             raise
         return db
 
-    def load(self) -> Iterator[tuple[str, DomainState]]:
-        """Every stored domain state; unreadable rows are logged and skipped."""
-        assert self._db is not None
+    def scan(self, batch: int = 2000) -> Iterator[list[Stored]]:
+        """
+        Every stored domain, a batch at a time, each batch its own short
+        read; unreadable rows are logged and skipped.
+        """
+        assert self._reader is not None
+        last = ""
         bad = 0
-        for domain, text in self._db.execute("SELECT domain, state FROM domains"):
-            try:
-                state = DomainState.from_json(json.loads(text))
-            except (ValueError, TypeError, KeyError) as e:
-                bad += 1
-                if bad <= 10:
-                    self._log.warn(
-                        "Skipping unreadable stored state of {domain}: {error}",
-                        domain=domain,
-                        error=str(e),
-                    )
-                continue
-            yield domain, state
+        while True:
+            rows = self._reader.execute(
+                "SELECT domain, state, used FROM domains WHERE domain > ? "
+                "ORDER BY domain LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            found = []
+            for domain, text, used in rows:
+                state = self._parse(domain, text, bad < 10)
+                if state is None:
+                    bad += 1
+                else:
+                    found.append((domain, state, used))
+            yield found
         if bad:
             self._log.warn("Skipped {count} unreadable stored states", count=bad)
 
-    def put(self, domain: str, state: DomainState) -> None:
-        self._pending[domain] = json.dumps(state.to_json(), separators=(",", ":"))
+    def load(self) -> Iterator[tuple[str, DomainState]]:
+        """Every stored domain state, at once (for tools and tests)."""
+        for batch in self.scan():
+            for domain, state, _ in batch:
+                yield domain, state
+
+    def get(self, domain: str) -> Deferred[Stored | None]:
+        """One domain, read now: an indexed read of one row."""
+        assert self._reader is not None
+        if domain in self._pending:
+            # Not yet flushed: the newest state is in memory.
+            pending = self._pending[domain]
+            if pending is None:
+                return succeed(None)
+            text, used = pending
+            return succeed((domain, DomainState.from_json(json.loads(text)), used))
+        row = self._reader.execute(
+            "SELECT state, used FROM domains WHERE domain = ?", (domain,)
+        ).fetchone()
+        if row is None:
+            return succeed(None)
+        state = self._parse(domain, row[0], True)
+        return succeed(None if state is None else (domain, state, row[1]))
+
+    def _parse(self, domain: str, text: str, log: bool) -> DomainState | None:
+        try:
+            return DomainState.from_json(json.loads(text))
+        except (ValueError, TypeError, KeyError) as e:
+            if log:
+                self._log.warn(
+                    "Skipping unreadable stored state of {domain}: {error}",
+                    domain=domain,
+                    error=str(e),
+                )
+            return None
+
+    def lease(self, domain: str, seconds: float) -> Deferred[bool]:
+        """One daemon owns this file: every refresh is its own."""
+        return succeed(True)
+
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
+        self._pending[domain] = (
+            json.dumps(state.to_json(), separators=(",", ":")),
+            used_at,
+        )
 
     def delete(self, domain: str) -> None:
         self._pending[domain] = None
@@ -150,7 +236,7 @@ class SQLiteStore:
         d.addBoth(done)
         return d
 
-    def _write(self, batch: dict[str, str | None], now: float) -> None:
+    def _write(self, batch: dict[str, tuple[str, float] | None], now: float) -> None:
         assert self._db is not None
         db = self._db
         db.execute("BEGIN")
@@ -160,9 +246,9 @@ class SQLiteStore:
                 [(d,) for d, t in batch.items() if t is None],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO domains (domain, state, updated) "
-                "VALUES (?, ?, ?)",
-                [(d, t, now) for d, t in batch.items() if t is not None],
+                "INSERT OR REPLACE INTO domains (domain, state, updated, used) "
+                "VALUES (?, ?, ?, ?)",
+                [(d, t[0], now, t[1]) for d, t in batch.items() if t is not None],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -170,9 +256,10 @@ class SQLiteStore:
             raise
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
 
 
 class StoreService(Service):

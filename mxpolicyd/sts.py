@@ -84,7 +84,7 @@ _TXT_EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StsRecord:
     """The one valid STS TXT record of a domain: its id triggers refetches."""
 
@@ -168,7 +168,7 @@ def _parse_record(raw: bytes) -> StsRecord:
 _MAX_AGE = re.compile(r"[0-9]{1,10}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StsPolicy:
     """
     A validated policy, reduced to what the verdict and TLSRPT need.

@@ -10,11 +10,12 @@ MultiService.
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -27,6 +28,7 @@ from mxpolicyd.evaluator import Evaluator
 from mxpolicyd.fetch import PolicyFetcher
 from mxpolicyd.mtasts import StsEvaluator
 from mxpolicyd.resolver import Resolver, system_nameservers
+from mxpolicyd.refresher import Refresher
 from mxpolicyd.server import PostfixResponder
 from mxpolicyd.socketmap import SocketmapFactory
 from mxpolicyd.store import SQLiteStore, StoreService
@@ -90,6 +92,31 @@ class Daemon:
     cache: PolicyCache
     store: SQLiteStore
     responder: PostfixResponder
+    refresher: Refresher | None
+
+
+class WarmUp(Service):
+    """Reads the store into memory in the background once serving starts."""
+
+    def __init__(self, cache: PolicyCache, path: str) -> None:
+        self._cache = cache
+        self._path = path
+
+    def startService(self) -> None:
+        super().startService()
+        started = time.monotonic()
+
+        def done(count: int) -> None:
+            _log.info(
+                "Loaded {count} domains from {path} in {seconds:.1f} s",
+                count=count,
+                path=self._path,
+                seconds=time.monotonic() - started,
+            )
+
+        self._cache.warm().addCallback(done).addErrback(
+            lambda f: _log.failure("Loading the store {path} failed", f, path=self._path)
+        )
 
 
 def make_daemon(config: Config, reactor: Any) -> Daemon:
@@ -109,10 +136,6 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         max_evaluations=config.lookup.max_evaluations,
         pending=evaluator.pending,
     )
-    count = cache.load(store.load())
-    _log.info(
-        "Loaded {count} domains from {path}", count=count, path=store.path
-    )
     responder = PostfixResponder(reactor, cache, config.profiles)
 
     top = MultiService()
@@ -120,6 +143,18 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
     StoreService(
         store, reactor, config.store.flush_interval, stop=pool.stop
     ).setServiceParent(top)
+    refresher = None
+    if config.refresh.enabled:
+        refresher = Refresher(
+            reactor,
+            cache,
+            store,
+            window=config.refresh.window,
+            concurrency=config.refresh.concurrency,
+            startup_spread=config.refresh.startup_spread,
+        )
+        refresher.setServiceParent(top)
+    WarmUp(cache, store.path).setServiceParent(top)
     factory = SocketmapFactory(
         responder.lookup,
         reactor,
@@ -132,4 +167,4 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
-    return Daemon(top, cache, store, responder)
+    return Daemon(top, cache, store, responder, refresher)

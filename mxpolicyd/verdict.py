@@ -30,7 +30,7 @@ class Action(enum.Enum):
     TEMP = "temp"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What a domain requires, and the rule that said so (for explain)."""
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Iterator
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache import PolicyCache
+from mxpolicyd.dane import DANE_ONLY, TEMP, DaneState
 from mxpolicyd.state import DomainState, StsState
+from mxpolicyd.store import Stored
 from mxpolicyd.sts import StsPolicy
 from mxpolicyd.verdict import Action, Verdict
 
@@ -34,11 +38,34 @@ class ScriptedEvaluator:
 
 
 class RecordingStore:
+    """A store that holds what it is given and records every call."""
+
     def __init__(self) -> None:
         self.puts: list[tuple[str, DomainState]] = []
+        self.rows: dict[str, tuple[DomainState, float]] = {}
+        self.gets: list[str] = []
+        self.deleted: list[str] = []
 
-    def put(self, domain: str, state: DomainState) -> None:
+    def scan(self, batch: int) -> Iterator[list[Stored]]:
+        rows = [(d, s, u) for d, (s, u) in sorted(self.rows.items())]
+        for i in range(0, len(rows), batch):
+            yield rows[i : i + batch]
+
+    def get(self, domain: str) -> Deferred[Stored | None]:
+        self.gets.append(domain)
+        row = self.rows.get(domain)
+        return succeed(None if row is None else (domain, row[0], row[1]))
+
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
         self.puts.append((domain, state))
+        self.rows[domain] = (state, used_at)
+
+    def delete(self, domain: str) -> None:
+        self.deleted.append(domain)
+        self.rows.pop(domain, None)
+
+    def lease(self, domain: str, seconds: float) -> Deferred[bool]:
+        return succeed(True)
 
 
 def enforced(now: float, due: float = 600) -> DomainState:
@@ -172,3 +199,132 @@ class PolicyCacheTests(SynchronousTestCase):
         assert isinstance(d, Deferred)
         self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class WarmUpTests(SynchronousTestCase):
+    """Start-up: the store is read in the background; misses meanwhile read one row."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        for i in range(10):
+            self.store.rows["d%d.test" % i] = (enforced(self.clock.seconds()), 900.0)
+        self.cache = PolicyCache(
+            self.clock, self.evaluator, self.store,
+            cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
+        )
+
+    def test_warm(self) -> None:
+        """warm() loads every stored domain, keeps its last use, then marks the cache loaded."""
+        d = self.cache.warm(batch=3)
+        self.assertFalse(self.cache.loaded)
+        while not d.called:
+            self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 10)
+        self.assertTrue(self.cache.loaded)
+        entry = self.cache.get("d7.test")
+        assert entry is not None
+        self.assertEqual(entry.used_at, 900.0)
+        self.assertEqual(self.evaluator.calls, [])
+
+    def test_lookup_before_loaded(self) -> None:
+        """A stored domain asked for before its batch arrives is read alone, not evaluated."""
+        self.cache.warm(batch=3)
+        d = self.cache.lookup("d9.test")
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
+        self.assertEqual(self.store.gets, ["d9.test"])
+        self.assertEqual(self.evaluator.calls, [])
+
+    def test_unknown_before_loaded(self) -> None:
+        """A domain not in the store is evaluated as usual during the load."""
+        self.cache.warm(batch=3)
+        d = self.cache.lookup("new.test")
+        assert isinstance(d, Deferred)
+        self.assertEqual(len(self.evaluator.calls), 1)
+
+    def test_evaluated_state_not_overwritten(self) -> None:
+        """A domain evaluated during the load keeps its new state when its batch arrives."""
+        d = self.cache.warm(batch=100)
+        self.evaluator.immediate = DomainState()
+        self.cache.revalidate("d3.test")
+        while not d.called:
+            self.clock.advance(0)
+        entry = self.cache.get("d3.test")
+        assert entry is not None
+        self.assertEqual(entry.verdict.action, Action.NONE)
+
+
+class DowngradeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        self.cache = PolicyCache(self.clock, self.evaluator, None)
+        self.cache.load([("example.test", enforced(self.clock.seconds()))])
+        self.events: list[dict[str, object]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def reevaluate(self, state: DomainState) -> None:
+        self.evaluator.immediate = state
+        self.cache.revalidate("example.test")
+
+    def test_weaker_verdict_counted_and_warned(self) -> None:
+        """enforce -> none is a downgrade: a warning with both rules, and a count."""
+        self.reevaluate(DomainState())
+        self.assertEqual(self.cache.downgrades, 1)
+        warnings = [e for e in self.events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        text = formatEvent(warnings[0])
+        self.assertIn("weakened from sts-enforce to none", text)
+        self.assertIn("MTA-STS policy in enforce mode", text)
+
+    def test_stronger_verdict_not_counted(self) -> None:
+        """enforce -> dane-only is no downgrade."""
+        now = self.clock.seconds()
+        self.reevaluate(replace(enforced(now), dane=DaneState(DANE_ONLY, "all usable",
+                                                              checked_at=now, due_at=now + 60)))
+        self.assertEqual(self.cache.downgrades, 0)
+
+    def test_temp_not_counted(self) -> None:
+        """A temporary failure is not a downgrade of the domain's policy."""
+        now = self.clock.seconds()
+        self.reevaluate(replace(enforced(now), dane=DaneState(TEMP, "timeout",
+                                                              checked_at=now, due_at=now + 60)))
+        self.assertEqual(self.cache.downgrades, 0)
+
+
+class ForgetAdoptTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = RecordingStore()
+        self.cache = PolicyCache(self.clock, ScriptedEvaluator(), self.store)
+        self.cache.load([("example.test", enforced(self.clock.seconds()))])
+        self.changes: list[str] = []
+        self.cache.on_change(self.changes.append)
+
+    def test_forget(self) -> None:
+        """forget() drops the domain from memory and store and says so."""
+        self.assertTrue(self.cache.forget("example.test"))
+        self.assertNotIn("example.test", self.cache)
+        self.assertEqual(self.store.deleted, ["example.test"])
+        self.assertEqual(self.changes, ["example.test"])
+        self.assertFalse(self.cache.forget("example.test"))
+
+    def test_adopt_newer_only(self) -> None:
+        """A fleet member's state replaces ours only when it was checked later."""
+        entry = self.cache.get("example.test")
+        assert entry is not None
+        older = replace(DomainState(), sts=StsState(checked_at=self.clock.seconds() - 10))
+        self.cache.adopt("example.test", older)
+        self.assertEqual(entry.verdict.action, Action.STS_ENFORCE)
+        newer = replace(DomainState(), sts=StsState(checked_at=self.clock.seconds() + 10))
+        self.cache.adopt("example.test", newer)
+        self.assertEqual(entry.verdict.action, Action.NONE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from typing import Any, Callable
@@ -133,11 +134,50 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.store.put("good.test", STATE)
         self.successResultOf(self.store.flush())
         db = sqlite3.connect(self.path)
-        db.execute("INSERT INTO domains VALUES ('bad.test', '{\"v\": 99}', 0)")
-        db.execute("INSERT INTO domains VALUES ('junk.test', 'not json', 0)")
+        db.execute("INSERT INTO domains (domain, state, updated) VALUES ('bad.test', '{\"v\": 99}', 0)")
+        db.execute("INSERT INTO domains (domain, state, updated) VALUES ('junk.test', 'not json', 0)")
         db.commit()
         db.close()
         self.assertEqual(dict(self.open().load()), {"good.test": STATE})
+
+
+    def test_scan_batches(self) -> None:
+        """scan() yields every domain once, in batches, with its last use time."""
+        for i in range(25):
+            self.store.put("d%02d.test" % i, STATE, used_at=float(i))
+        self.successResultOf(self.store.flush())
+        batches = list(self.store.scan(batch=10))
+        self.assertEqual([len(b) for b in batches], [10, 10, 5])
+        rows = [row for b in batches for row in b]
+        self.assertEqual([r[0] for r in rows], ["d%02d.test" % i for i in range(25)])
+        self.assertEqual(rows[7], ("d07.test", STATE, 7.0))
+
+    def test_get(self) -> None:
+        """get() reads one domain: flushed, still pending, deleted or unknown."""
+        self.store.put("a.test", STATE, used_at=5.0)
+        self.assertEqual(self.successResultOf(self.store.get("a.test")), ("a.test", STATE, 5.0))
+        self.successResultOf(self.store.flush())
+        self.assertEqual(self.successResultOf(self.store.get("a.test")), ("a.test", STATE, 5.0))
+        self.store.delete("a.test")
+        self.assertIsNone(self.successResultOf(self.store.get("a.test")))
+        self.assertIsNone(self.successResultOf(self.store.get("other.test")))
+
+    def test_old_schema_migrated(self) -> None:
+        """A store written before the 'used' column existed is upgraded in place."""
+        self.store.close()
+        os.remove(self.path)
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE domains (domain TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                   "updated REAL NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO domains VALUES ('a.test', ?, 0)",
+                   (json.dumps(STATE.to_json()),))
+        db.commit()
+        db.close()
+        self.assertEqual(self.successResultOf(self.open().get("a.test")), ("a.test", STATE, 0.0))
+
+    def test_lease(self) -> None:
+        """A SQLite store belongs to one daemon: every lease is granted."""
+        self.assertTrue(self.successResultOf(self.store.lease("a.test", 30)))
 
 
 class StoreServiceTests(SynchronousTestCase):

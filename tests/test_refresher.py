@@ -1,0 +1,220 @@
+"""Tests for L{mxpolicyd.refresher}: the schedule, on a Clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock, Cooperator
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.cache import PolicyCache
+from mxpolicyd.refresher import Refresher
+from mxpolicyd.state import DomainState, StsState
+from mxpolicyd.sts import StsPolicy
+
+from .test_cache import RecordingStore, ScriptedEvaluator
+
+START = 1_000_000.0
+DAY = 86400.0
+
+
+def state(checked: float, due: float, policy: StsPolicy | None = None,
+          expires: float = 0.0) -> DomainState:
+    return DomainState(sts=StsState(policy=policy, expires_at=expires,
+                                    checked_at=checked, due_at=due))
+
+
+class FleetStore(RecordingStore):
+    """A store whose leases another daemon may hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[str] = set()
+        self.leases: list[str] = []
+
+    def lease(self, domain: str, seconds: float) -> Deferred[bool]:
+        self.leases.append(domain)
+        return succeed(domain not in self.held)
+
+
+class RefresherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.evaluator = ScriptedEvaluator()
+        self.store = FleetStore()
+        self.cache = PolicyCache(
+            self.clock, self.evaluator, self.store, max_evaluations=100,
+            cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
+        )
+        self.random = 0.5
+        self.refresher = Refresher(
+            self.clock, self.cache, self.store, window=7 * DAY, concurrency=2,
+            lead=0.1, lead_max=300, startup_spread=60, min_interval=30, lease=60,
+            random=lambda: self.random,
+        )
+        self.refresher.startService()
+
+    def warm(self, rows: dict[str, tuple[float, float]]) -> None:
+        now = self.clock.seconds()
+        for domain, (due_in, used_ago) in rows.items():
+            self.store.rows[domain] = (state(now, now + due_in), now - used_ago)
+        self.load()
+
+    def load(self) -> None:
+        """Run the cache's background load to its end."""
+        d = self.cache.warm()
+        while not d.called:
+            self.clock.advance(0)
+        self.successResultOf(d)
+
+    def evaluated(self) -> list[str]:
+        return [domain for domain, _ in self.evaluator.calls]
+
+    def finish_all(self, due_in: float) -> None:
+        """Complete every pending evaluation with evidence due in due_in s."""
+        while self.evaluator.pending:
+            d = self.evaluator.pending.pop(0)
+            now = self.clock.seconds()
+            d.callback(state(now, now + due_in))
+        self.clock.advance(0)
+
+    def test_due_order(self) -> None:
+        """Domains are refreshed in the order their evidence comes due."""
+        self.warm({"c.test": (300, 0), "a.test": (100, 0), "b.test": (200, 0)})
+        self.clock.advance(300)
+        self.assertEqual(self.evaluated(), ["a.test", "b.test"])  # concurrency 2
+        self.finish_all(3600)
+        self.assertEqual(self.evaluated(), ["a.test", "b.test", "c.test"])
+
+    def test_lead_and_jitter_bounds(self) -> None:
+        """A refresh starts early by a random fraction of the time left, at most lead_max."""
+        for r, early in ((0.0, 0), (0.5, 50), (1.0, 100)):
+            self.random = r
+            domain = "d%d.test" % int(r * 10)
+            self.warm({domain: (1000, 0)})
+            entry = self.cache.get(domain)
+            assert entry is not None
+            self.assertEqual(entry.refresh_at, START + 1000 - early)
+        self.random = 1.0
+        self.warm({"far.test": (DAY, 0)})
+        far = self.cache.get("far.test")
+        assert far is not None
+        self.assertEqual(far.refresh_at, START + DAY - 300)
+
+    def test_refreshed_before_due(self) -> None:
+        """A regularly used domain is refreshed before a lookup would find it stale."""
+        self.warm({"a.test": (1000, 0)})
+        self.clock.advance(950)
+        self.assertEqual(self.evaluated(), ["a.test"])
+        self.finish_all(1000)
+        entry = self.cache.get("a.test")
+        assert entry is not None
+        self.assertGreater(entry.due_at, self.clock.seconds())
+
+    def test_startup_spread(self) -> None:
+        """Overdue domains after a restart are spread over the startup window."""
+        now = self.clock.seconds()
+        values = iter([0.0, 0.25, 0.99])
+        self.random = 0  # unused below
+        self.refresher._random = lambda: next(values)
+        self.warm({"a.test": (-10, 0), "b.test": (-10, 0), "c.test": (-10, 0)})
+        self.assertEqual(self.evaluated(), ["a.test"])
+        times = sorted(e.refresh_at for e in map(self.cache.get, ["b.test", "c.test"]) if e)
+        self.assertEqual(times, [now + 15, now + 60])
+
+    def test_concurrency_bound(self) -> None:
+        """No more than `concurrency` refreshes run at once; the rest wait their turn."""
+        self.warm({"d%d.test" % i: (10, 0) for i in range(5)})
+        self.clock.advance(10)
+        self.assertEqual(len(self.evaluator.pending), 2)
+        self.assertEqual(self.refresher.in_flight, 2)
+        self.evaluator.pending.pop(0).callback(state(self.clock.seconds(), self.clock.seconds() + 3600))
+        self.clock.advance(0)
+        self.assertEqual(len(self.evaluator.pending), 2)
+        self.assertEqual(len(self.evaluator.calls), 3)
+
+    def test_failing_domain_backs_off(self) -> None:
+        """A domain whose re-check fails is retried on its state's schedule, not in a loop."""
+        self.warm({"fail.test": (100, 0)})
+        self.clock.advance(100)
+        # The MTA-STS evaluator backs off by setting the next due time.
+        self.finish_all(300)
+        for _ in range(20):
+            self.clock.advance(10)
+        self.assertEqual(len(self.evaluator.calls), 1)
+        self.clock.advance(100)
+        self.assertEqual(len(self.evaluator.calls), 2)
+
+    def test_crashed_refresh_retried_later(self) -> None:
+        """An evaluation that crashes is retried after a pause, not at once."""
+        self.warm({"a.test": (10, 0)})
+        self.clock.advance(10)
+        self.evaluator.pending.pop(0).errback(RuntimeError("bug"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(len(self.evaluator.calls), 1)
+        self.clock.advance(61)
+        self.assertEqual(len(self.evaluator.calls), 2)
+
+    def test_idle_domain_evicted(self) -> None:
+        """A domain unused for longer than the window is evicted, not refreshed."""
+        self.warm({"old.test": (100, 8 * DAY)})
+        self.clock.advance(100)
+        self.assertEqual(self.evaluated(), [])
+        self.assertNotIn("old.test", self.cache)
+        self.assertEqual(self.store.deleted, ["old.test"])
+        self.assertEqual(self.refresher.evicted, 1)
+
+    def test_idle_policy_kept_until_expiry(self) -> None:
+        """An unused domain with an unexpired MTA-STS policy is kept until it expires."""
+        now = self.clock.seconds()
+        policy = StsPolicy("enforce", 30 * 86400, ("mx.test",))
+        self.store.rows["kept.test"] = (
+            state(now, now + 100, policy=policy, expires=now + 10 * DAY), now - 8 * DAY)
+        self.load()
+        self.clock.advance(100)
+        self.assertIn("kept.test", self.cache)
+        self.assertEqual(self.evaluated(), [])
+        self.clock.advance(10 * DAY)
+        self.assertNotIn("kept.test", self.cache)
+
+    def test_used_domain_not_evicted(self) -> None:
+        """Lookups keep a domain in the refresh window."""
+        self.warm({"a.test": (DAY, 6 * DAY)})
+        self.cache.current("a.test")
+        self.clock.advance(DAY)
+        self.assertEqual(self.evaluated(), ["a.test"])
+
+    def test_lease_held_elsewhere(self) -> None:
+        """When another daemon holds the lease, its newer stored result is adopted."""
+        self.warm({"a.test": (100, 0)})
+        self.store.held.add("a.test")
+        newer = state(START + 100, START + 5000,
+                      policy=StsPolicy("enforce", 86400, ("mx.test",)), expires=START + 86400)
+        self.store.rows["a.test"] = (newer, START)
+        self.clock.advance(100)
+        self.assertEqual(self.evaluated(), [])
+        self.assertEqual(self.store.leases, ["a.test"])
+        entry = self.cache.get("a.test")
+        assert entry is not None
+        self.assertEqual(entry.state, newer)
+        self.assertEqual(self.refresher.adopted, 1)
+
+    def test_lease_held_nothing_newer(self) -> None:
+        """Losing the lease with nothing newer stored retries after the lease time."""
+        self.warm({"a.test": (100, 0)})
+        self.store.held.add("a.test")
+        self.clock.advance(100)
+        entry = self.cache.get("a.test")
+        assert entry is not None
+        self.assertEqual(entry.refresh_at, START + 160)
+        self.store.held.clear()
+        self.clock.advance(60)
+        self.assertEqual(self.evaluated(), ["a.test"])
+
+    def test_stop_cancels_timer(self) -> None:
+        """Stopping the service leaves no timer behind."""
+        self.warm({"a.test": (100, 0)})
+        self.refresher.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
