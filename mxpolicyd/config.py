@@ -94,8 +94,16 @@ class RefreshConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    backend: str = "sqlite"
     path: str = ""
     flush_interval: float = 1.0
+    # The fleet store (backend "redis"): a Twisted client endpoint string.
+    redis: str = "tcp:127.0.0.1:6379"
+    redis_password: str | None = None
+    redis_db: int = 0
+    key_prefix: str = "mxpolicyd:"
+    # Seconds one daemon of a fleet holds a domain while refreshing it.
+    lease: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,20 @@ def _check_endpoint(value: str) -> str | None:
     return None
 
 
+def _check_client_endpoint(value: str) -> str | None:
+    from twisted.internet.endpoints import clientFromString
+
+    # Building a client endpoint touches no reactor until it connects.
+    try:
+        clientFromString(object(), value)
+    except (ValueError, TypeError, KeyError) as e:
+        return (
+            "is %r, which is not a Twisted client endpoint string (%s); e.g. "
+            '"tcp:127.0.0.1:6379" or "unix:/run/redis/redis-server.sock"' % (value, e)
+        )
+    return None
+
+
 def _check_address(value: str) -> str | None:
     import ipaddress
 
@@ -359,8 +381,25 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
     st = top.table("store")
     store = StoreConfig(
+        backend=st.get(
+            "backend", "sqlite", str,
+            lambda v: None if v in ("sqlite", "redis")
+            else 'must be "sqlite" or "redis", not %r' % (v,),
+        ),
         path=st.get("path", "", str),
         flush_interval=st.positive("flush_interval", 1.0),
+        redis=st.get("redis", "tcp:127.0.0.1:6379", str, _check_client_endpoint),
+        redis_password=st.get("redis_password", None, str),
+        redis_db=st.get(
+            "redis_db", 0, int,
+            lambda v: None if v >= 0 else "must be 0 or more, not %r" % (v,),
+        ),
+        key_prefix=st.get(
+            "key_prefix", "mxpolicyd:", str,
+            lambda v: None if v.isprintable() and " " not in v
+            else "must be printable, without spaces, not %r" % (v,),
+        ),
+        lease=st.positive("lease", 60.0),
     )
     st.finish()
 

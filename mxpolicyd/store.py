@@ -65,6 +65,23 @@ class Store(Protocol):
         """
 
 
+class DurableStore(Store, Protocol):
+    """A store written behind: what L{StoreService} flushes and closes."""
+
+    # Where the states live, for log lines.
+    path: str
+
+    @property
+    def pending(self) -> int:
+        """States recorded and not yet written."""
+
+    def flush(self) -> Deferred[None]:
+        """Write what is pending; failures are logged and retried later."""
+
+    def close(self) -> None:
+        """Release the file or connection."""
+
+
 class SQLiteStore:
     """Domain states by name; one writer, batched."""
 
@@ -267,7 +284,7 @@ class StoreService(Service):
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: DurableStore,
         clock: IReactorTime,
         interval: float,
         stop: Callable[[], None] = lambda: None,

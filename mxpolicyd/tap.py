@@ -9,10 +9,11 @@ MultiService.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -31,7 +32,9 @@ from mxpolicyd.resolver import Resolver, system_nameservers
 from mxpolicyd.refresher import Refresher
 from mxpolicyd.server import PostfixResponder
 from mxpolicyd.socketmap import SocketmapFactory
-from mxpolicyd.store import SQLiteStore, StoreService
+from mxpolicyd.redisstore import RedisStore
+from mxpolicyd.resp import RedisClient
+from mxpolicyd.store import DurableStore, SQLiteStore, StoreService
 
 _log = Logger()
 
@@ -90,7 +93,7 @@ def build_evaluator(config: Config, reactor: Any) -> Evaluator:
 class Daemon:
     service: MultiService
     cache: PolicyCache
-    store: SQLiteStore
+    store: DurableStore
     responder: PostfixResponder
     refresher: Refresher | None
 
@@ -107,6 +110,10 @@ class WarmUp(Service):
         started = time.monotonic()
 
         def done(count: int) -> None:
+            # The loaded states live as long as the daemon: keep the cyclic
+            # garbage collector from walking a million of them on every full
+            # collection, which would stall lookups and refreshes.
+            gc.freeze()
             _log.info(
                 "Loaded {count} domains from {path} in {seconds:.1f} s",
                 count=count,
@@ -119,15 +126,37 @@ class WarmUp(Service):
         )
 
 
-def make_daemon(config: Config, reactor: Any) -> Daemon:
+def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[], None]]:
+    """
+    The durable store the config asks for, opened, and what stops its
+    machinery after the last flush.
+    """
+    if config.store.backend == "redis":
+        client = RedisClient(
+            reactor,
+            config.store.redis,
+            password=config.store.redis_password,
+            db=config.store.redis_db,
+        )
+        redis = RedisStore(
+            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix
+        )
+        redis.open()
+        return redis, lambda: None
     pool = ThreadPool(minthreads=1, maxthreads=1, name="mxpolicyd-store")
 
     def run(f: Any, *args: Any) -> Any:
         return deferToThreadPool(reactor, pool, f, *args)
 
-    store = SQLiteStore(config.store_path, run)
-    store.open()
+    sqlite = SQLiteStore(config.store_path, run)
+    sqlite.open()
+    pool.start()
+    return sqlite, pool.stop
+
+
+def make_daemon(config: Config, reactor: Any) -> Daemon:
     evaluator = build_evaluator(config, reactor)
+    store, stop_store = make_store(config, reactor)
     cache = PolicyCache(
         reactor,
         evaluator,
@@ -139,9 +168,8 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
     responder = PostfixResponder(reactor, cache, config.profiles)
 
     top = MultiService()
-    pool.start()
     StoreService(
-        store, reactor, config.store.flush_interval, stop=pool.stop
+        store, reactor, config.store.flush_interval, stop=stop_store
     ).setServiceParent(top)
     refresher = None
     if config.refresh.enabled:
@@ -152,6 +180,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
             window=config.refresh.window,
             concurrency=config.refresh.concurrency,
             startup_spread=config.refresh.startup_spread,
+            lease=config.store.lease,
         )
         refresher.setServiceParent(top)
     WarmUp(cache, store.path).setServiceParent(top)

@@ -1,0 +1,419 @@
+"""Tests for L{mxpolicyd.resp}: the RESP2 codec, the pipelined protocol, the reconnecting client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.resp import (
+    RedisClient,
+    RedisError,
+    RedisProtocol,
+    RedisProtocolError,
+    RedisUnavailable,
+    ReplyParser,
+    encode,
+)
+
+# One of every reply type, and what each parses to.
+EVERY_REPLY = (
+    b"+OK\r\n"
+    b"-ERR wrong number of arguments\r\n"
+    b":42\r\n"
+    b":-1\r\n"
+    b"$5\r\nhello\r\n"
+    b"$0\r\n\r\n"
+    b"$-1\r\n"
+    b"*-1\r\n"
+    b"*0\r\n"
+    b"$4\r\na\r\nb\r\n"
+    b"*3\r\n$1\r\nk\r\n*2\r\n:1\r\n*1\r\n$-1\r\n-ERR inner\r\n"
+)
+
+
+def comparable(reply: Any) -> Any:
+    """Error replies as their text, so that parses can be compared."""
+    if isinstance(reply, RedisError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [comparable(r) for r in reply]
+    return reply
+
+
+class ReplyParserTests(SynchronousTestCase):
+
+    def test_every_reply_type(self) -> None:
+        """Simple strings, errors, integers, bulk strings, nulls and (nested) arrays parse to Python values."""
+        replies = ReplyParser().feed(EVERY_REPLY)
+        self.assertEqual(replies[0], "OK")
+        self.assertIsInstance(replies[1], RedisError)
+        self.assertEqual(str(replies[1]), "ERR wrong number of arguments")
+        self.assertEqual(replies[2:10], [42, -1, b"hello", b"", None, None, [], b"a\r\nb"])
+        self.assertEqual(replies[10][:2], [b"k", [1, [None]]])
+        self.assertIsInstance(replies[10][2], RedisError)
+        self.assertEqual(len(replies), 11)
+
+    def test_split_anywhere(self) -> None:
+        """Fed one byte at a time, the stream gives the same replies as fed at once."""
+        whole = comparable(ReplyParser().feed(EVERY_REPLY))
+        parser = ReplyParser()
+        pieces: list[Any] = []
+        for i in range(len(EVERY_REPLY)):
+            pieces += parser.feed(EVERY_REPLY[i : i + 1])
+        self.assertEqual(comparable(pieces), whole)
+        self.assertEqual(len(pieces), 11)
+
+    def test_incomplete_reply_waits(self) -> None:
+        """A reply missing its last bytes yields nothing until they come."""
+        parser = ReplyParser()
+        self.assertEqual(parser.feed(b"*2\r\n$3\r\nfoo\r\n$3\r\nba"), [])
+        self.assertEqual(parser.feed(b"r\r\n+OK\r\n"), [[b"foo", b"bar"], "OK"])
+
+    def test_large_array_in_segments(self) -> None:
+        """An MGET-sized array split into network segments parses to every element."""
+        values = [b"v%05d" % i * 20 for i in range(3000)]
+        data = b"*%d\r\n" % len(values) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(v), v) for v in values
+        )
+        parser = ReplyParser()
+        replies: list[Any] = []
+        for i in range(0, len(data), 1400):
+            replies += parser.feed(data[i : i + 1400])
+        self.assertEqual(replies, [values])
+
+    def test_unknown_type(self) -> None:
+        """A byte that starts no RESP2 reply is a protocol error."""
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"?what\r\n")
+
+    def test_bad_length(self) -> None:
+        """A bulk length that is not a number is a protocol error."""
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"$x\r\n")
+
+    def test_bulk_without_crlf(self) -> None:
+        """A bulk string longer than its announced length is a protocol error."""
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"$2\r\nabc\r\n")
+
+    def test_endless_line(self) -> None:
+        """A line with no CRLF after 64 KiB is a protocol error, not unbounded buffering."""
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"+" + b"a" * 70000)
+
+
+class EncodeTests(SynchronousTestCase):
+    def test_command(self) -> None:
+        """Arguments are sent as a RESP array of bulk strings: text as UTF-8, numbers as digits."""
+        self.assertEqual(
+            encode(["SET", b"k\r\n", "é", 1500]),
+            b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n\xc3\xa9\r\n$4\r\n1500\r\n",
+        )
+
+    def test_no_booleans(self) -> None:
+        """A boolean is refused rather than sent as 'True'."""
+        self.assertRaises(TypeError, encode, ["SET", "k", True])
+
+
+class RedisProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.protocol = RedisProtocol(self.clock, timeout=2.0)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def test_pipelined_in_order(self) -> None:
+        """Commands are written at once, before any reply; replies fire them in order."""
+        a = self.protocol.execute("GET", "a")
+        b = self.protocol.execute("GET", "b")
+        c = self.protocol.execute("INCR", "n")
+        self.assertEqual(self.transport.value(), encode(["GET", "a"]) + encode(["GET", "b"]) + encode(["INCR", "n"]))
+        self.protocol.dataReceived(b"$1\r\n1\r\n$-1\r\n:")
+        self.assertEqual(self.successResultOf(a), b"1")
+        self.assertIsNone(self.successResultOf(b))
+        self.assertNoResult(c)
+        self.protocol.dataReceived(b"7\r\n")
+        self.assertEqual(self.successResultOf(c), 7)
+        self.assertEqual(self.protocol.waiting, 0)
+
+    def test_error_reply(self) -> None:
+        """An error reply fails its own command only."""
+        a = self.protocol.execute("FOO")
+        b = self.protocol.execute("PING")
+        self.protocol.dataReceived(b"-ERR unknown command 'FOO'\r\n+PONG\r\n")
+        self.assertEqual(str(self.failureResultOf(a, RedisError).value), "ERR unknown command 'FOO'")
+        self.assertEqual(self.successResultOf(b), "PONG")
+
+    def test_timeout(self) -> None:
+        """No reply for the timeout: every waiting command fails and the connection is aborted."""
+        a = self.protocol.execute("GET", "a")
+        self.clock.advance(1.0)
+        b = self.protocol.execute("GET", "b")
+        self.clock.advance(0.9)
+        self.assertNoResult(a)
+        self.clock.advance(0.1)
+        self.assertIn("within 2 s", str(self.failureResultOf(a, RedisUnavailable).value))
+        self.failureResultOf(b, RedisUnavailable)
+        self.assertTrue(self.transport.disconnecting)
+        self.failureResultOf(self.protocol.execute("PING"), RedisUnavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_progress_keeps_waiting(self) -> None:
+        """A reply arriving slowly but steadily is not timed out."""
+        d = self.protocol.execute("GET", "big")
+        for piece in (b"$5\r\n", b"a", b"b", b"c", b"d"):
+            self.clock.advance(1.5)
+            self.protocol.dataReceived(piece)
+        self.clock.advance(1.5)
+        self.protocol.dataReceived(b"e\r\n")
+        self.assertEqual(self.successResultOf(d), b"abcde")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_idle_connection_has_no_timer(self) -> None:
+        """With nothing awaited, no timer runs and the connection stays."""
+        d = self.protocol.execute("PING")
+        self.protocol.dataReceived(b"+PONG\r\n")
+        self.successResultOf(d)
+        self.clock.advance(60)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connection_lost(self) -> None:
+        """A lost connection fails what waits, and later commands fail at once."""
+        lost: list[Failure] = []
+        self.protocol.on_lost = lost.append
+        d = self.protocol.execute("GET", "a")
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, RedisUnavailable)
+        self.failureResultOf(self.protocol.execute("GET", "a"), RedisUnavailable)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_command_keeps_its_place(self) -> None:
+        """A cancelled command's reply is dropped; the next command gets its own reply."""
+        a = self.protocol.execute("GET", "a")
+        b = self.protocol.execute("GET", "b")
+        a.cancel()
+        self.failureResultOf(a, CancelledError)
+        self.protocol.dataReceived(b"$1\r\nA\r\n$1\r\nB\r\n")
+        self.assertEqual(self.successResultOf(b), b"B")
+
+    def test_garbage_drops_connection(self) -> None:
+        """Bytes that are not RESP2 fail what waits and abort the connection."""
+        d = self.protocol.execute("PING")
+        self.protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unsolicited_reply_drops_connection(self) -> None:
+        """A reply with no command waiting for it aborts the connection."""
+        self.protocol.dataReceived(b"+OK\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_callback_may_send(self) -> None:
+        """A reply's callback can send the next command on the same connection."""
+        second: list[Deferred[Any]] = []
+        d = self.protocol.execute("GET", "a")
+        d.addCallback(lambda _: second.append(self.protocol.execute("GET", "b")))
+        self.protocol.dataReceived(b"$-1\r\n")
+        self.protocol.dataReceived(b"$1\r\nB\r\n")
+        self.assertEqual(self.successResultOf(second[0]), b"B")
+
+
+class RedisClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = self.make()
+
+    def make(self, password: str | None = None, db: int = 0) -> RedisClient:
+        client = RedisClient(
+            self.reactor, "tcp:127.0.0.1:6390", password=password, db=db, timeout=2.0
+        )
+        self.connects: list[None] = []
+        client.on_connect(lambda: self.connects.append(None))
+        return client
+
+    def accept(self) -> tuple[Protocol, StringTransport]:
+        """The server side accepts the newest connection attempt."""
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def refuse(self) -> None:
+        """The newest connection attempt is refused."""
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+
+    def connect(self) -> tuple[Protocol, StringTransport]:
+        protocol, transport = self.accept()
+        self.assertEqual(transport.value(), encode(["PING"]))
+        transport.clear()
+        protocol.dataReceived(b"+PONG\r\n")
+        return protocol, transport
+
+    def test_connects_to_endpoint(self) -> None:
+        """start() connects to the endpoint string's host and port, without blocking."""
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.client.start()
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 6390))
+        self.assertFalse(self.client.connected)
+
+    def test_usable_after_ping(self) -> None:
+        """The client counts as connected, and tells its listeners, once PING is answered."""
+        self.client.start()
+        ready = self.client.ready()
+        protocol, transport = self.accept()
+        self.assertFalse(self.client.connected)
+        self.assertNoResult(ready)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertTrue(self.client.connected)
+        self.successResultOf(ready)
+        self.assertEqual(len(self.connects), 1)
+        transport.clear()
+        d = self.client.execute("GET", "k")
+        self.assertEqual(transport.value(), encode(["GET", "k"]))
+        protocol.dataReceived(b"$1\r\nv\r\n")
+        self.assertEqual(self.successResultOf(d), b"v")
+
+    def test_auth_and_select(self) -> None:
+        """A password and a database number are sent, in that order, before PING."""
+        client = self.make(password="s3cret", db=3)
+        client.start()
+        protocol, transport = self.accept()
+        self.assertEqual(transport.value(), encode(["AUTH", "s3cret"]))
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertEqual(transport.value(), encode(["AUTH", "s3cret"]) + encode(["SELECT", 3]))
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertFalse(client.connected)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertTrue(client.connected)
+
+    def test_wrong_password(self) -> None:
+        """A refused AUTH names the setting to fix, drops the connection and retries later."""
+        client = self.make(password="wrong")
+        client.start()
+        ready = client.ready()
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        error = str(self.failureResultOf(ready, RedisUnavailable).value)
+        self.assertIn("store.redis_password", error)
+        self.assertIn("WRONGPASS", error)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(client.connected)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_fail_fast_while_disconnected(self) -> None:
+        """Commands fail at once, sending nothing, while there is no connection."""
+        self.failureResultOf(self.client.execute("GET", "k"), RedisUnavailable)
+        self.client.start()
+        self.failureResultOf(self.client.execute("GET", "k"), RedisUnavailable)
+        protocol, transport = self.connect()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(self.client.execute("GET", "k"), RedisUnavailable)
+        self.assertEqual(transport.value(), b"")
+
+    def test_backoff(self) -> None:
+        """Failed attempts are retried after 1, 2, 4, 8, 16, then every 30 seconds."""
+        self.client.start()
+        attempts = [self.reactor.seconds()]
+        for _ in range(8):
+            self.refuse()
+            before = len(self.reactor.tcpClients)
+            while len(self.reactor.tcpClients) == before:
+                self.reactor.advance(0.5)
+            attempts.append(self.reactor.seconds())
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        self.assertEqual(gaps, [1, 2, 4, 8, 16, 30, 30, 30])
+
+    def test_ready_fails_between_attempts(self) -> None:
+        """While waiting to retry, ready() fails at once rather than waiting."""
+        self.client.start()
+        waiting = self.client.ready()
+        self.refuse()
+        self.failureResultOf(waiting, RedisUnavailable)
+        self.failureResultOf(self.client.ready(), RedisUnavailable)
+
+    def test_connect_timeout(self) -> None:
+        """An attempt that does not connect within the timeout is abandoned and retried."""
+        self.client.start()
+        self.reactor.advance(2.0)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_handshake_timeout(self) -> None:
+        """A server that accepts but never answers PING (a stopped Redis) is dropped and retried."""
+        self.client.start()
+        _, transport = self.accept()
+        self.reactor.advance(2.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(self.client.connected)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_reconnect_after_loss(self) -> None:
+        """A lost connection fails what waits, reconnects after 1 s and tells the listeners again."""
+        self.client.start()
+        protocol, _ = self.connect()
+        d = self.client.execute("GET", "k")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertFalse(self.client.connected)
+        self.reactor.advance(0.9)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.refuse()
+        self.reactor.advance(1.9)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.connect()
+        self.assertTrue(self.client.connected)
+        self.assertEqual(len(self.connects), 2)
+
+    def test_backoff_resets_after_success(self) -> None:
+        """After a successful connection, the next loss is retried after 1 s again."""
+        self.client.start()
+        for _ in range(4):
+            self.refuse()
+            self.reactor.advance(30)
+        protocol, _ = self.connect()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        count = len(self.reactor.tcpClients)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), count + 1)
+
+    def test_stop(self) -> None:
+        """stop() closes the connection and no reconnection follows."""
+        self.client.start()
+        protocol, transport = self.connect()
+        self.client.stop()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertFalse(self.client.connected)
+
+    def test_stop_while_retrying(self) -> None:
+        """stop() between attempts cancels the retry."""
+        self.client.start()
+        self.refuse()
+        self.client.stop()
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_unix_endpoint(self) -> None:
+        """A unix: endpoint string connects to the socket path."""
+        client = RedisClient(self.reactor, "unix:/run/redis/redis-server.sock")
+        client.start()
+        self.assertEqual(self.reactor.unixClients[0][0], "/run/redis/redis-server.sock")
+        self.assertEqual(client.address, "Redis at unix:/run/redis/redis-server.sock")
