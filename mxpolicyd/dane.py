@@ -12,6 +12,7 @@ L{classify} and L{usable} are pure; L{DaneEvaluator} does the lookups.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mxpolicyd.resolver import Answer, DNSError
+from mxpolicyd.resolver import Answer, DNSError, clamp
 
 # Host states, from the strongest.
 USABLE = "usable"  # secure TLSA, at least one usable record
@@ -37,6 +38,7 @@ NONE = "none"
 TEMP = "temp"
 
 _DIGEST_LENGTH = {1: 32, 2: 64}
+_STATUSES = {s: s for s in (DANE_ONLY, DANE, NONE, TEMP)}
 
 
 class _Resolver(Protocol):
@@ -94,7 +96,7 @@ class HostEvidence:
         return cls(
             name=str(data["name"]),
             preference=int(data["preference"]),
-            state=str(data["state"]),
+            state=sys.intern(str(data["state"])),
             address_secure=data.get("address_secure"),
             tlsa_name=data.get("tlsa_name"),
             tlsa=records,
@@ -127,14 +129,15 @@ class DaneState:
         if status not in (DANE_ONLY, DANE, NONE, TEMP):
             raise ValueError("DANE state has an unknown status %r" % (status,))
         try:
+            # A million domains share a handful of statuses and reasons.
             return cls(
-                status=status,
-                reason=str(data.get("reason", "")),
+                status=_STATUSES[status],
+                reason=sys.intern(str(data.get("reason", ""))),
                 mx_secure=data.get("mx_secure"),
                 implicit_mx=bool(data.get("implicit_mx", False)),
                 hosts=tuple(HostEvidence.from_json(h) for h in data.get("hosts", ())),
-                checked_at=float(data.get("checked_at", 0.0)),
-                due_at=float(data.get("due_at", 0.0)),
+                checked_at=float(data.get("checked_at", 0.0)) or 0.0,
+                due_at=float(data.get("due_at", 0.0)) or 0.0,
             )
         except (KeyError, TypeError) as e:
             raise ValueError("DANE state is malformed: %s" % (e,)) from None
@@ -162,10 +165,6 @@ def classify(hosts: tuple[HostEvidence, ...]) -> tuple[str, str]:
             return DANE, "secure TLSA records for some MX hosts (%s)" % ", ".join(dane)
         return DANE, "secure but unusable TLSA records only (%s)" % ", ".join(dane)
     return NONE, "MX set is DNSSEC-signed but no MX host has secure TLSA records"
-
-
-def clamp(ttl: float, low: float, high: float) -> float:
-    return max(low, min(high, ttl))
 
 
 class DaneEvaluator:

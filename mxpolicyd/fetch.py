@@ -41,7 +41,13 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, URI
+from twisted.web.client import (
+    URI,
+    Agent,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IResponse
@@ -89,6 +95,18 @@ _PEM_CERTIFICATE = re.compile(
 # Twisted >= 23.8 lets TLS take the reactor used to batch small writes; older
 # versions have no such argument (and use the reactor they are given anyway).
 _WRAP_TLS_TAKES_CLOCK = "clock" in inspect.signature(wrapClientTLS).parameters
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    # One "Starting factory"/"Stopping factory" pair per fetch is noise.
+    noisy = False
+
+
+def _quiet_pool(reactor: Any) -> HTTPConnectionPool:
+    """No persistent connections (RFC 8461 fetches are rare), no log noise."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    return pool
 
 
 class FetchError(Exception):
@@ -510,7 +528,7 @@ class PolicyFetcher:
         return Agent.usingEndpointFactory(
             self._reactor,
             self.endpoint_factory(host, addresses, connections),
-            pool=HTTPConnectionPool(self._reactor, persistent=False),
+            pool=_quiet_pool(self._reactor),
         )
 
     def endpoint_factory(

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mxpolicyd.fetch import FetchError
-from mxpolicyd.resolver import DNSError
+from mxpolicyd.resolver import DNSError, clamp
 from mxpolicyd.state import StsState
 from mxpolicyd.sts import StsError, parse_policy, parse_txt
 
@@ -39,10 +39,6 @@ class _Resolver(Protocol):
 
 class _Fetcher(Protocol):
     def fetch(self, domain: str) -> Deferred[bytes]: ...
-
-
-def clamp(ttl: float, low: float, high: float) -> float:
-    return max(low, min(high, ttl))
 
 
 class StsEvaluator:

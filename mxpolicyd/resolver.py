@@ -114,6 +114,11 @@ class Answer:
         return self.rcode == dns.rcode.NOERROR and bool(self.records)
 
 
+def clamp(ttl: float, low: float, high: float) -> float:
+    """A TTL held between an administrator's floor and cap."""
+    return max(low, min(high, ttl))
+
+
 def system_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     """
     The resolv.conf nameservers, so that a default install uses the host's

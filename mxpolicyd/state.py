@@ -11,7 +11,8 @@ never needs a migration.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mxpolicyd.dane import DaneState
@@ -69,14 +70,15 @@ class StsState:
             if kind is _NUMBER:
                 if isinstance(value, bool) or not isinstance(value, kind):
                     raise ValueError("MTA-STS state field %r is not a number" % name)
-                value = float(value)
+                # Most times are zero (no policy, no failure): share one.
+                value = float(value) or 0.0
             elif value is not None and not isinstance(value, kind):
                 raise ValueError("MTA-STS state field %r has a bad type" % name)
+            elif name == "failure" and value is not None:
+                value = sys.intern(value)
             values[name] = value
-        return replace(
-            cls(**values),
-            policy=None if policy is None else StsPolicy.from_json(policy),
-        )
+        values["policy"] = None if policy is None else StsPolicy.from_json(policy)
+        return cls(**values)
 
 
 _NUMBER = (int, float)

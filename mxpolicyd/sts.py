@@ -9,6 +9,7 @@ what Postfix can enforce. No I/O here, so table tests cover every rule.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -235,7 +236,7 @@ class StsPolicy:
             patterns.append(pattern)
         if not patterns and mode != "none":
             raise StsError(POLICY_SYNTAX, f"stored policy: mode {mode} without mx")
-        return cls(mode=mode, max_age=max_age, mx=tuple(dict.fromkeys(patterns)))
+        return cls(mode=sys.intern(mode), max_age=max_age, mx=tuple(dict.fromkeys(patterns)))
 
 
 def _mx_pattern(value: str) -> str | None:

@@ -765,3 +765,15 @@ class TLSSettingsTests(SynchronousTestCase):
             FakeResolver(),
             trust_root=self.mktemp(),
         )
+
+
+class QuietPoolTests(SynchronousTestCase):
+    def test_pool_factory_not_noisy(self) -> None:
+        """Policy fetches log no 'Starting factory' lines: the pool's factory is quiet."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from mxpolicyd.fetch import _quiet_pool
+
+        pool = _quiet_pool(MemoryReactorClock())
+        self.assertFalse(pool._factory.noisy)
+        self.assertFalse(pool.persistent)
