@@ -13,6 +13,7 @@ domain asked for before its batch arrives is read from the store on its own.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import (
@@ -80,13 +81,18 @@ class PolicyCache:
         max_evaluations: int = 100,
         pending: Callable[[str], Verdict] | None = None,
         cooperator: Cooperator | None = None,
+        lease: float = 60.0,
     ) -> None:
         """
         @param pending: what to answer for a domain whose first evaluation
             is still running at the deadline (by default: no policy).
         @param cooperator: runs the background load (Twisted's global one by
             default).
+        @param lease: how long this daemon holds a domain while it
+            re-evaluates it for a fleet sharing the store.
         """
+        self._lease = lease
+        self._leasing: set[str] = set()
         self._cooperator = cooperator
         self._pending = pending or (lambda domain: no_policy_yet(domain, None, False))
         self._clock = clock
@@ -205,11 +211,15 @@ class PolicyCache:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        if not self.loaded and self._store is not None:
-            d = self._store.get(domain)
+        store = self._store
+        if store is not None and (not self.loaded or store.shared):
+            # Not read yet, or maybe evaluated by another daemon.
+            started = self._clock.seconds()
+            d = store.get(domain)
+            d.addTimeout(self._deadline, self._clock)
             d.addErrback(self._unreadable, domain)
-            return d.addCallback(self._stored, domain)
-        return self._wait(domain, self._evaluate(domain))
+            return d.addCallback(self._stored, domain, started)
+        return self._wait(domain, self._evaluate(domain), self._deadline)
 
     def _unreadable(self, failure: Failure, domain: str) -> None:
         self._log.warn(
@@ -219,33 +229,77 @@ class PolicyCache:
         )
         return None
 
-    def _stored(self, row: Stored | None, domain: str) -> Verdict | Deferred[Verdict]:
+    def _stored(
+        self, row: Stored | None, domain: str, started: float
+    ) -> Verdict | Deferred[Verdict]:
         if domain not in self._entries and row is not None:
             now = self._clock.seconds()
             self._insert(domain, row[1], now, now)
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        return self._wait(domain, self._evaluate(domain))
+        left = max(0.0, self._deadline - (self._clock.seconds() - started))
+        return self._wait(domain, self._evaluate(domain), left)
 
     def revalidate(self, domain: str) -> None:
-        """Re-evaluate C{domain} in the background, unless already under way."""
-        if domain not in self._waiting:
+        """Re-check C{domain} in the background, unless already under way."""
+        if domain not in self._waiting and domain not in self._leasing:
             self.refresh(domain).addErrback(lambda f: f.trap(CancelledError))
 
-    def refresh(self, domain: str) -> Deferred[Entry]:
-        """Re-evaluate C{domain} (coalesced); fires with its updated entry."""
-        return self._evaluate(domain)
+    def refresh(self, domain: str) -> Deferred[Entry | None]:
+        """
+        Re-evaluate C{domain} (coalesced) if this daemon holds its lease;
+        otherwise take what the fleet member holding it stored, and look
+        again after the lease.  Fires with the domain's entry.
+        """
+        store = self._store
+        if store is None or domain in self._waiting:
+            return self._evaluate(domain)  # type: ignore[return-value]
+        self._leasing.add(domain)
+        d = store.lease(domain, self._lease)
 
-    def adopt(self, domain: str, state: DomainState) -> None:
+        def leased(granted: bool) -> Deferred[Any]:
+            self._leasing.discard(domain)
+            if granted:
+                return self._evaluate(domain)
+            return store.get(domain).addCallback(self._adopt_row, domain)
+
+        def unleased(failure: Failure) -> Deferred[Any]:
+            # A store that cannot say: refresh here, answers must stay fresh.
+            self._leasing.discard(domain)
+            failure.trap(Exception)
+            return self._evaluate(domain)
+
+        return d.addCallbacks(leased, unleased)
+
+    def _adopt_row(self, row: Stored | None, domain: str) -> Entry | None:
+        entry = self._entries.get(domain)
+        if entry is None:
+            return None
+        if row is not None and self.adopt(domain, row[1]):
+            return entry
+        # Nothing newer yet: the lease holder is still at it.
+        entry.due_at = max(entry.due_at, self._clock.seconds() + self._lease)
+        for listener in self._settled:
+            listener(entry)
+        return entry
+
+    def adopt(self, domain: str, state: DomainState) -> bool:
         """
         Take a state that another daemon of the fleet evaluated, if it is
-        newer than ours.
+        newer than ours.  Never one that drops an unexpired MTA-STS policy
+        we hold: a peer that lost its memory (or found no TXT record) is no
+        reason to forget a policy before max_age (RFC 8461 s5.1); a policy
+        legitimately withdrawn arrives as a fetched mode none policy.
         """
         entry = self._entries.get(domain)
         if entry is None or _checked(state) <= _checked(entry.state):
-            return
+            return False
+        now = self._clock.seconds()
+        if entry.state.sts.active_policy(now) is not None and state.sts.policy is None:
+            state = replace(state, sts=entry.state.sts)
         self._apply(entry, state)
+        return True
 
     def forget(self, domain: str) -> bool:
         """Drop a domain from memory and from the store."""
@@ -257,7 +311,7 @@ class PolicyCache:
         self._changed(domain)
         return True
 
-    def _wait(self, domain: str, d: Deferred[Entry]) -> Deferred[Verdict]:
+    def _wait(self, domain: str, d: Deferred[Entry], deadline: float) -> Deferred[Verdict]:
         result: Deferred[Verdict] = Deferred(lambda _: d.cancel())
 
         def answered(entry: Entry) -> None:
@@ -282,7 +336,7 @@ class PolicyCache:
                 timer.cancel()
             failure.trap(CancelledError)
 
-        timer = self._clock.callLater(self._deadline, late)
+        timer = self._clock.callLater(deadline, late)
         d.addCallbacks(answered, failed)
         return result
 

@@ -320,7 +320,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("%s: OK" % (config.source,))
     print("  socketmap: %s" % ", ".join(config.socketmap.listen))
     print("  maps:      %s" % ", ".join(sorted(config.profiles)))
-    print("  store:     %s" % config.store_path)
+    if config.store.backend == "redis":
+        print("  store:     Redis at %s (prefix %s)" % (config.store.redis, config.store.key_prefix))
+    else:
+        print("  store:     %s" % config.store_path)
     print("  resolver:  %s" % (", ".join(config.dns.nameservers) or "from /etc/resolv.conf"))
     return EXIT_FOUND
 

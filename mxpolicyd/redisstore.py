@@ -72,6 +72,8 @@ class _Walk:
 class RedisStore:
     """Domain states by name in Redis; puts batched, flushed pipelined."""
 
+    shared = True
+
     _log = Logger()
 
     def __init__(

@@ -28,7 +28,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from mxpolicyd.cache import Entry, PolicyCache
-from mxpolicyd.store import Store
 
 
 class Refresher(Service):
@@ -38,14 +37,12 @@ class Refresher(Service):
         self,
         clock: IReactorTime,
         cache: PolicyCache,
-        store: Store,
         window: float = 7 * 86400,
         concurrency: int = 20,
         lead: float = 0.1,
         lead_max: float = 300.0,
         startup_spread: float = 60.0,
         min_interval: float = 30.0,
-        lease: float = 60.0,
         random: Callable[[], float] = random.random,
     ) -> None:
         """
@@ -56,26 +53,21 @@ class Refresher(Service):
             over this many seconds.
         @param min_interval: how long to wait before retrying a domain whose
             refresh failed outright.
-        @param lease: seconds a fleet member holds a domain while it
-            refreshes it.
         """
         self._clock = clock
         self._cache = cache
-        self._store = store
         self.window = window
         self.concurrency = concurrency
         self._lead = lead
         self._lead_max = lead_max
         self._spread = startup_spread
         self._min_interval = min_interval
-        self._lease = lease
         self._random = random
         self._buckets: dict[int, list[str]] = {}
         self._times: list[int] = []
         self._timer: IDelayedCall | None = None
         self.in_flight = 0
         self.refreshed = 0
-        self.adopted = 0
         self.evicted = 0
         self.scheduled = 0
         cache.on_settled(self.schedule)
@@ -156,8 +148,10 @@ class Refresher(Service):
             self._idle(entry, now)
             return
         self.in_flight += 1
-        d = self._store.lease(domain, self._lease)
-        d.addCallback(self._leased, domain)
+        self.refreshed += 1
+        # The cache asks the store for the lease: in a fleet, one member
+        # re-evaluates and the others take its result.
+        d = self._cache.refresh(domain)
         d.addErrback(self._failed, domain)
         d.addBoth(self._finished, domain)
 
@@ -184,23 +178,6 @@ class Refresher(Service):
             heapq.heappush(self._times, second)
         bucket.append(domain)
         self.scheduled += 1
-
-    def _leased(self, granted: bool, domain: str) -> Deferred[Any]:
-        if granted:
-            self.refreshed += 1
-            return self._cache.refresh(domain)
-        # Another daemon of the fleet holds it: take what it stores.
-        self.adopted += 1
-        return self._store.get(domain).addCallback(self._adopt, domain)
-
-    def _adopt(self, row: Any, domain: str) -> None:
-        if row is not None:
-            self._cache.adopt(domain, row[1])
-        entry = self._cache.get(domain)
-        if entry is not None and entry.refresh_at == 0:
-            # Nothing newer arrived: look again after the lease.
-            entry.refresh_at = math.ceil(self._clock.seconds() + self._lease)
-            self._at(entry.refresh_at, domain)
 
     def _failed(self, failure: Any, domain: str) -> None:
         self._log.failure("Refresh of {domain} failed", failure, domain=domain)

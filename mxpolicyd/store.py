@@ -46,6 +46,9 @@ Stored = tuple[str, DomainState, float]
 class Store(Protocol):
     """What the cache and the refresher need of a durable store."""
 
+    # True when other daemons write to it too: a miss is then worth a read.
+    shared: bool
+
     def scan(self, batch: int) -> Iterator[list[Stored] | Deferred[list[Stored]]]:
         """Every stored domain, in batches (a network store yields Deferreds)."""
 
@@ -86,6 +89,7 @@ class SQLiteStore:
     """Domain states by name; one writer, batched."""
 
     _log = Logger()
+    shared = False
 
     def __init__(self, path: str, run: Runner, wall: Callable[[], float] = time.time) -> None:
         """

@@ -164,6 +164,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         deadline=config.lookup.deadline,
         max_evaluations=config.lookup.max_evaluations,
         pending=evaluator.pending,
+        lease=config.store.lease,
     )
     responder = PostfixResponder(reactor, cache, config.profiles)
 
@@ -176,11 +177,9 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         refresher = Refresher(
             reactor,
             cache,
-            store,
             window=config.refresh.window,
             concurrency=config.refresh.concurrency,
             startup_spread=config.refresh.startup_spread,
-            lease=config.store.lease,
         )
         refresher.setServiceParent(top)
     WarmUp(cache, store.path).setServiceParent(top)
