@@ -90,14 +90,16 @@ def _load(args: argparse.Namespace) -> Config:
 def _check_listeners(config: Config, reactor: Any) -> None:
     from twisted.internet import endpoints
 
-    for description in config.socketmap.listen:
-        try:
-            endpoints.serverFromString(reactor, description)
-        except Exception as e:
-            raise ConfigError(
-                "%s: socketmap.listen entry %r is not a valid endpoint: %s"
-                % (config.source, description, e)
-            )
+    for key, descriptions in (("socketmap.listen", config.socketmap.listen),
+                              ("exim.listen", config.exim.listen)):
+        for description in descriptions:
+            try:
+                endpoints.serverFromString(reactor, description)
+            except Exception as e:
+                raise ConfigError(
+                    "%s: %s entry %r is not a valid endpoint: %s"
+                    % (config.source, key, description, e)
+                )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -319,6 +321,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     print("%s: OK" % (config.source,))
     print("  socketmap: %s" % ", ".join(config.socketmap.listen))
+    print("  exim:      %s" % (", ".join(config.exim.listen) or "off"))
     print("  maps:      %s" % ", ".join(sorted(config.profiles)))
     if config.store.backend == "redis":
         print("  store:     Redis at %s (prefix %s)" % (config.store.redis, config.store.key_prefix))

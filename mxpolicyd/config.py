@@ -54,6 +54,13 @@ class SocketmapConfig:
 
 
 @dataclass(frozen=True)
+class EximConfig:
+    listen: tuple[str, ...] = ()
+    timeout: float = 10.0
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True)
 class LookupConfig:
     deadline: float = 2.0
     max_evaluations: int = 100
@@ -110,6 +117,7 @@ class StoreConfig:
 class Config:
     state_directory: str
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
+    exim: EximConfig = field(default_factory=EximConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
@@ -306,6 +314,14 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     )
     sm.finish()
 
+    ex = top.table("exim")
+    exim = EximConfig(
+        listen=_list_of(ex, "listen", (), _check_endpoint),
+        timeout=ex.positive("timeout", 10.0),
+        max_connections=ex.positive("max_connections", 1000),
+    )
+    ex.finish()
+
     lk = top.table("lookup")
     lookup = LookupConfig(
         deadline=lk.get(
@@ -424,6 +440,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     return Config(
         state_directory=state_directory,
         socketmap=socketmap,
+        exim=exim,
         lookup=lookup,
         dns=dns,
         mta_sts=mta_sts,

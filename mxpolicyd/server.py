@@ -20,7 +20,7 @@ from mxpolicyd.cache import Entry, PolicyCache
 from mxpolicyd.config import Profile
 from mxpolicyd.domain import normalise
 from mxpolicyd.socketmap import Reply
-from mxpolicyd.verdict import NOTFOUND, Verdict, postfix_reply
+from mxpolicyd.verdict import NOTFOUND, Action, Verdict, exim_reply, postfix_reply
 
 
 class PostfixResponder:
@@ -90,3 +90,21 @@ class PostfixResponder:
     def _forget(self, domain: str) -> None:
         for k in self._memo_keys.pop(domain, ()):
             self._memo.pop(k, None)
+
+
+class EximResponder:
+    """Answers Exim C{${readsocket}} lookups: one domain, one verdict line."""
+
+    def __init__(self, cache: PolicyCache) -> None:
+        self._cache = cache
+
+    def lookup(self, key: bytes) -> bytes | Deferred[bytes]:
+        domain = normalise(key)
+        if domain is None:
+            return exim_reply(Verdict(
+                key.decode("ascii", "replace")[:64], Action.NONE,
+                "not a plain domain name: no lookup"))
+        verdict = self._cache.lookup(domain)
+        if isinstance(verdict, Deferred):
+            return verdict.addCallback(exim_reply)
+        return exim_reply(verdict)

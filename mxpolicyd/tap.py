@@ -30,7 +30,8 @@ from mxpolicyd.fetch import PolicyFetcher
 from mxpolicyd.mtasts import StsEvaluator
 from mxpolicyd.resolver import Resolver, system_nameservers
 from mxpolicyd.refresher import Refresher
-from mxpolicyd.server import PostfixResponder
+from mxpolicyd.exim import EximFactory
+from mxpolicyd.server import EximResponder, PostfixResponder
 from mxpolicyd.socketmap import SocketmapFactory
 from mxpolicyd.redisstore import RedisStore
 from mxpolicyd.resp import RedisClient
@@ -190,9 +191,17 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         idle_timeout=config.socketmap.idle_timeout,
         max_connections=config.socketmap.max_connections,
     )
-    for description in config.socketmap.listen:
+    exim = EximFactory(
+        EximResponder(cache).lookup,
+        reactor,
+        timeout=config.exim.timeout,
+        max_connections=config.exim.max_connections,
+    )
+    for description, serving in [(d, factory) for d in config.socketmap.listen] + [
+        (d, exim) for d in config.exim.listen
+    ]:
         endpoint = endpoints.serverFromString(reactor, description)
-        listener = StreamServerEndpointService(endpoint, factory)
+        listener = StreamServerEndpointService(endpoint, serving)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
     return Daemon(top, cache, store, responder, refresher)

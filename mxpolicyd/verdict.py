@@ -120,6 +120,31 @@ def postfix_reply(verdict: Verdict, profile: Profile) -> bytes:
     return _ascii(" ".join(words))
 
 
+def exim_reply(verdict: Verdict) -> bytes:
+    """
+    One line of C{key=value} pairs for Exim's C{${extract{key}{...}}}.
+
+    C{action} is always first.  The MX patterns are an Exim list (colon
+    separated, the policy's C{*.} wildcards kept: the contrib
+    configuration checks them with one-label semantics itself).  A value
+    that may hold spaces is quoted; it never holds a quote or backslash.
+    """
+    action = verdict.action
+    words = ["action=" + action.value]
+    policy = verdict.policy
+    if action in (Action.STS_ENFORCE, Action.STS_TESTING) and policy is not None:
+        words.append('mx="%s"' % ":".join(policy.mx))
+        words.append("max_age=%d" % policy.max_age)
+    if action is Action.TEMP:
+        words.append('reason="%s"' % _quotable(verdict.reason or "policy unknown"))
+    words.append('rule="%s"' % _quotable(verdict.rule))
+    return _ascii(" ".join(words)) + b"\n"
+
+
+def _quotable(text: str) -> str:
+    return text.replace("\\", "/").replace('"', "'")
+
+
 def _tlsrpt(domain: str, policy: StsPolicy) -> list[str]:
     # Postfix >= 3.10 reports with these; policy_string values hold spaces,
     # hence the { name = value } form.  The canonical lines are built from

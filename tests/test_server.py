@@ -6,6 +6,7 @@ bytes, with the real codec, cache and MTA-STS evaluator over fake DNS/HTTPS.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,7 +15,7 @@ from mxpolicyd.cache import PolicyCache
 from mxpolicyd.config import BUILTIN_PROFILES
 from mxpolicyd.evaluator import Evaluator
 from mxpolicyd.mtasts import StsEvaluator
-from mxpolicyd.server import PostfixResponder
+from mxpolicyd.server import EximResponder, PostfixResponder
 from mxpolicyd.socketmap import SocketmapFactory, netstring
 
 from .fakes import TXT, FakeFetcher, FakeResolver, policy, txt
@@ -116,3 +117,31 @@ class PostfixResponderTests(SynchronousTestCase):
             self.assertEqual(self.ask(b"example.test"), ENFORCE)
             self.clock.advance(61)
         self.assertGreater(len(self.resolver.queries), 2)
+
+
+class EximResponderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.resolver = FakeResolver()
+        self.fetcher = FakeFetcher()
+        self.resolver.answers[("_mta-sts.example.test", TXT)] = txt("v=STSv1; id=1", ttl=600)
+        self.fetcher.bodies["example.test"] = policy("enforce")
+        sts = StsEvaluator(self.clock, self.resolver, self.fetcher)
+        self.responder = EximResponder(PolicyCache(self.clock, Evaluator(sts)))
+
+    def test_enforce(self) -> None:
+        """An enforce domain gets sts-enforce with its patterns as an Exim list."""
+        d = self.responder.lookup(b"EXAMPLE.test")
+        assert isinstance(d, Deferred)
+        self.assertTrue(self.successResultOf(d).startswith(
+            b'action=sts-enforce mx="mx1.example.test:*.example.net" max_age=86400'))
+        cached = self.responder.lookup(b"example.test")
+        assert isinstance(cached, bytes)
+        self.assertTrue(cached.startswith(b"action=sts-enforce"))
+
+    def test_junk_key(self) -> None:
+        """A key that is not a plain domain gets action=none with no lookup."""
+        self.assertEqual(self.responder.lookup(b"[192.0.2.1]"),
+                         b'action=none rule="not a plain domain name: no lookup"\n')
+        self.assertEqual(self.resolver.queries, [])

@@ -1,0 +1,134 @@
+"""Tests for L{mxpolicyd.exim} and the Exim reply: readsocket's two ways of ending a request."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.exim import EximFactory, EximProtocol
+from mxpolicyd.sts import StsPolicy
+from mxpolicyd.verdict import Action, Verdict, exim_reply
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+POLICY = StsPolicy("enforce", 604800, ("mail.example.test", "*.example.net"))
+
+
+class EximProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.keys: list[bytes] = []
+        self.answers: dict[bytes, bytes | Deferred[bytes]] = {}
+        self.factory = EximFactory(self.lookup, self.clock, timeout=5, max_request_size=64,
+                                   max_connections=2)
+        self.proto, self.transport = self.connect()
+
+    def lookup(self, key: bytes) -> bytes | Deferred[bytes]:
+        self.keys.append(key)
+        return self.answers.get(key, b"action=none\n")
+
+    def connect(self) -> tuple[EximProtocol, StringTransport]:
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_newline_ends_request(self) -> None:
+        """A request ended by a newline is answered with one line, then the connection closes."""
+        self.proto.dataReceived(b"example.test\n")
+        self.assertEqual(self.keys, [b"example.test"])
+        self.assertEqual(self.transport.value(), b"action=none\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_half_close_ends_request(self) -> None:
+        """Exim's default: no newline, then a half-close; answered from readConnectionLost."""
+        self.proto.dataReceived(b"exam")
+        self.proto.dataReceived(b"ple.test")
+        self.assertEqual(self.keys, [])
+        self.proto.readConnectionLost()
+        self.assertEqual(self.keys, [b"example.test"])
+        self.assertEqual(self.transport.value(), b"action=none\n")
+
+    def test_crlf_and_spaces(self) -> None:
+        """A CRLF and surrounding blanks are not part of the key."""
+        self.proto.dataReceived(b"  example.test \r\n")
+        self.assertEqual(self.keys, [b"example.test"])
+
+    def test_only_first_line(self) -> None:
+        """Anything after the first line is ignored."""
+        self.proto.dataReceived(b"a.test\nb.test\n")
+        self.assertEqual(self.keys, [b"a.test"])
+
+    def test_empty_request(self) -> None:
+        """An empty request gets a temp action naming the problem."""
+        self.proto.readConnectionLost()
+        self.assertEqual(self.transport.value(),
+                         b'action=temp reason="empty request: send the domain"\n')
+
+    def test_oversized_request(self) -> None:
+        """A request longer than the limit without a newline is refused."""
+        self.proto.dataReceived(b"x" * 65)
+        self.assertIn(b"action=temp", self.transport.value())
+        self.assertIn(b"longer than 64 bytes", self.transport.value())
+        self.assertEqual(self.keys, [])
+
+    def test_timeout(self) -> None:
+        """A client that never finishes its request gets a temp action after the timeout."""
+        self.proto.dataReceived(b"example")
+        self.clock.advance(5)
+        self.assertIn(b"no complete request within 5 s", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_deferred_answer(self) -> None:
+        """A lookup that waits for an evaluation answers when it fires; no timer is left."""
+        d: Deferred[bytes] = Deferred()
+        self.answers[b"slow.test"] = d
+        self.proto.dataReceived(b"slow.test\n")
+        self.assertEqual(self.transport.value(), b"")
+        d.callback(b"action=dane-only\n")
+        self.assertEqual(self.transport.value(), b"action=dane-only\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_lookup(self) -> None:
+        """A lookup that fails gives a temp action and is logged."""
+        self.answers[b"bad.test"] = fail(RuntimeError("bug"))
+        self.proto.dataReceived(b"bad.test\n")
+        self.assertEqual(self.transport.value(), b'action=temp reason="internal error"\n')
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_client_gone_cancels(self) -> None:
+        """A client that goes away cancels its pending lookup."""
+        cancelled: list[object] = []
+        self.answers[b"slow.test"] = Deferred(cancelled.append)
+        self.proto.dataReceived(b"slow.test\n")
+        self.proto.connectionLost(None)
+        self.assertEqual(len(cancelled), 1)
+        self.assertEqual(self.factory.connections, 0)
+
+    def test_connection_limit(self) -> None:
+        """Connections beyond the limit are refused."""
+        self.connect()
+        self.assertIsNone(self.factory.buildProtocol(ADDR))
+
+
+class EximReplyTests(SynchronousTestCase):
+    def test_actions(self) -> None:
+        """Each verdict renders its action first, with what the contrib router needs."""
+        cases = [
+            (Verdict("d.test", Action.STS_ENFORCE, "enforce", POLICY),
+             b'action=sts-enforce mx="mail.example.test:*.example.net" max_age=604800 '
+             b'rule="enforce"\n'),
+            (Verdict("d.test", Action.STS_TESTING, "testing", POLICY),
+             b'action=sts-testing mx="mail.example.test:*.example.net" max_age=604800 '
+             b'rule="testing"\n'),
+            (Verdict("d.test", Action.DANE_ONLY, "all usable"), b'action=dane-only rule="all usable"\n'),
+            (Verdict("d.test", Action.DANE, "some"), b'action=dane rule="some"\n'),
+            (Verdict("d.test", Action.NONE, "none"), b'action=none rule="none"\n'),
+            (Verdict("d.test", Action.TEMP, "unknown", reason='DNS "SERVFAIL"'),
+             b'action=temp reason="DNS \'SERVFAIL\'" rule="unknown"\n'),
+        ]
+        for verdict, expected in cases:
+            self.assertEqual(exim_reply(verdict), expected)
