@@ -36,3 +36,33 @@ class BuildEvaluatorTests(SynchronousTestCase):
             self.warnings_for({"dns": {"nameservers": ["192.0.2.53"]}, "dane": {"enabled": False}}),
             [],
         )
+
+
+class WarmUpTests(SynchronousTestCase):
+    def test_warm_on_start(self) -> None:
+        """Starting the service reads the store in the background, then freezes it out of the GC."""
+        import gc
+
+        from twisted.internet.defer import Deferred
+
+        from mxpolicyd import tap
+
+        started: list[Deferred[int]] = []
+
+        class Cache:
+            def warm(self) -> Deferred[int]:
+                d: Deferred[int] = Deferred()
+                started.append(d)
+                return d
+
+        frozen: list[bool] = []
+        self.patch(gc, "freeze", lambda: frozen.append(True))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        tap.WarmUp(Cache(), "/x/store.sqlite").startService()  # type: ignore[arg-type]
+        self.assertEqual(len(started), 1)
+        self.assertEqual(frozen, [])
+        started[0].callback(7)
+        self.assertEqual(frozen, [True])
+        self.assertTrue(any("Loaded 7 domains from /x/store.sqlite" in formatEvent(e) for e in events))
