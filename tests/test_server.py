@@ -23,7 +23,9 @@ from .fakes import TXT, FakeFetcher, FakeResolver, policy, txt
 ENFORCE = b"OK secure match=mx1.example.test:.example.net servername=hostname"
 
 
-class PostfixResponderTests(SynchronousTestCase):
+class EnforceWorld(SynchronousTestCase):
+    """example.test publishes an enforce policy; the cache evaluates it over fakes."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -33,6 +35,11 @@ class PostfixResponderTests(SynchronousTestCase):
         self.fetcher.bodies["example.test"] = policy("enforce")
         sts = StsEvaluator(self.clock, self.resolver, self.fetcher)
         self.cache = PolicyCache(self.clock, Evaluator(sts), deadline=2.0)
+
+
+class PostfixResponderTests(EnforceWorld):
+    def setUp(self) -> None:
+        super().setUp()
         self.responder = PostfixResponder(self.clock, self.cache, BUILTIN_PROFILES)
         factory = SocketmapFactory(self.responder.lookup, self.clock)
         self.proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
@@ -119,16 +126,10 @@ class PostfixResponderTests(SynchronousTestCase):
         self.assertGreater(len(self.resolver.queries), 2)
 
 
-class EximResponderTests(SynchronousTestCase):
+class EximResponderTests(EnforceWorld):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.resolver = FakeResolver()
-        self.fetcher = FakeFetcher()
-        self.resolver.answers[("_mta-sts.example.test", TXT)] = txt("v=STSv1; id=1", ttl=600)
-        self.fetcher.bodies["example.test"] = policy("enforce")
-        sts = StsEvaluator(self.clock, self.resolver, self.fetcher)
-        self.responder = EximResponder(PolicyCache(self.clock, Evaluator(sts)))
+        super().setUp()
+        self.responder = EximResponder(self.cache)
 
     def test_enforce(self) -> None:
         """An enforce domain gets sts-enforce with its patterns as an Exim list."""
