@@ -6,6 +6,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.exim import EximFactory, EximProtocol
@@ -132,3 +134,26 @@ class EximReplyTests(SynchronousTestCase):
         ]
         for verdict, expected in cases:
             self.assertEqual(exim_reply(verdict), expected)
+
+
+class EximPropertyTests(SynchronousTestCase):
+    @given(chunks=st.lists(st.binary(max_size=40), max_size=10), half_close=st.booleans())
+    @settings(max_examples=300, deadline=None)
+    def test_any_bytes(self, chunks: list[bytes], half_close: bool) -> None:
+        """Any request bytes get at most one reply line, starting with action=, and no crash."""
+        clock = Clock()
+        factory = EximFactory(lambda key: b"action=none\n", clock, max_request_size=64)
+        proto = factory.buildProtocol(ADDR)
+        assert proto is not None
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        if half_close:
+            proto.readConnectionLost()
+        clock.advance(10)
+        out = transport.value()
+        self.assertTrue(out.startswith(b"action="), out)
+        self.assertEqual(out.count(b"\n"), 1)
+        self.assertTrue(out.endswith(b"\n"))
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -6,6 +6,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.socketmap import SocketmapFactory, SocketmapProtocol, netstring
@@ -213,3 +215,27 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.factory.buildProtocol(ADDR))
         second.connectionLost(None)
         self.assertIsNotNone(self.factory.buildProtocol(ADDR))
+
+
+class SocketmapPropertyTests(SynchronousTestCase):
+    @given(chunks=st.lists(st.binary(max_size=40), max_size=20))
+    @settings(max_examples=300, deadline=None)
+    def test_any_bytes(self, chunks: list[bytes]) -> None:
+        """Any byte stream, cut anywhere, gets only well-formed netstring replies and never a crash."""
+        clock = Clock()
+        factory = SocketmapFactory(lambda n, k: b"NOTFOUND ", clock, max_request_size=64)
+        proto = factory.buildProtocol(ADDR)
+        assert proto is not None
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        out = transport.value()
+        while out:
+            head, colon, rest = out.partition(b":")
+            self.assertTrue(colon and head.isdigit(), out)
+            size = int(head)
+            self.assertEqual(rest[size : size + 1], b",")
+            self.assertTrue(rest[:size].split(b" ")[0] in (b"NOTFOUND", b"PERM", b"TEMP"))
+            out = rest[size + 1 :]
+        self.assertEqual(self.flushLoggedErrors(), [])
