@@ -26,6 +26,7 @@ from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mxpolicyd.metrics import Metrics
 from mxpolicyd.state import DomainState
 from mxpolicyd.store import Store, Stored
 from mxpolicyd.verdict import Action, Verdict, decide
@@ -82,6 +83,7 @@ class PolicyCache:
         pending: Callable[[str], Verdict] | None = None,
         cooperator: Cooperator | None = None,
         lease: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """
         @param pending: what to answer for a domain whose first evaluation
@@ -92,6 +94,7 @@ class PolicyCache:
             re-evaluates it for a fleet sharing the store.
         """
         self._lease = lease
+        self._metrics = metrics or Metrics()
         self._leasing: set[str] = set()
         self._cooperator = cooperator
         self._pending = pending or (lambda domain: no_policy_yet(domain, None, False))
@@ -109,6 +112,13 @@ class PolicyCache:
         self.loaded = store is None
         self.downgrades = 0
         self.evaluations = 0
+
+    def set_evaluator(self, evaluator: _Evaluator, pending: Callable[[str], Verdict],
+                      deadline: float) -> None:
+        """Evaluate with these settings from now on (a reload)."""
+        self._evaluator = evaluator
+        self._pending = pending
+        self._deadline = deadline
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -375,6 +385,7 @@ class PolicyCache:
                 for listener in self._settled:
                     listener(entry)
         else:
+            self._count(result)
             if entry is None:
                 entry = self._insert(domain, result, now, now)
                 self._changed(domain)
@@ -395,6 +406,7 @@ class PolicyCache:
             weaker = STRENGTH.get(after.action, 99) < STRENGTH.get(before.action, -1)
             if weaker:
                 self.downgrades += 1
+                self._metrics.downgrades.inc()
             (self._log.warn if weaker else self._log.info)(
                 "Verdict for {domain} {change} from {before} to {after}: {rule} "
                 "(was: {before_rule})",
@@ -408,6 +420,19 @@ class PolicyCache:
         self._changed(entry.domain)
         for listener in self._settled:
             listener(entry)
+
+    def _count(self, state: DomainState) -> None:
+        metrics = self._metrics
+        metrics.evaluations.inc()
+        failure = state.sts.failure
+        if failure is not None:
+            metrics.failures.inc(
+                "mta_sts_dns" if failure.startswith("TXT lookup")
+                else "mta_sts_fetch" if failure.startswith("policy fetch")
+                else "mta_sts_record"
+            )
+        if state.dane is not None and state.dane.status == "temp":
+            metrics.failures.inc("dane_dns")
 
     def _changed(self, domain: str) -> None:
         for listener in self._listeners:

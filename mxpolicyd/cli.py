@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import socket
 import sys
 from typing import Any, Sequence, TextIO, cast
@@ -126,6 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SystemExit(EXIT_ERROR)
         daemon.service.startService()
         reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
+        # SIGHUP: re-read the file; a bad one is refused and the old kept.
+        signal.signal(
+            signal.SIGHUP,
+            lambda signum, frame: reactor.callFromThread(daemon.reload, args.config),
+        )
         from twisted.logger import Logger
 
         Logger(namespace="mxpolicyd").info(

@@ -61,6 +61,11 @@ class EximConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LookupConfig:
     deadline: float = 2.0
     max_evaluations: int = 100
@@ -118,6 +123,7 @@ class Config:
     state_directory: str
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
     exim: EximConfig = field(default_factory=EximConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
@@ -322,6 +328,10 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     )
     ex.finish()
 
+    me = top.table("metrics")
+    metrics = MetricsConfig(listen=_list_of(me, "listen", (), _check_endpoint))
+    me.finish()
+
     lk = top.table("lookup")
     lookup = LookupConfig(
         deadline=lk.get(
@@ -441,6 +451,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         state_directory=state_directory,
         socketmap=socketmap,
         exim=exim,
+        metrics=metrics,
         lookup=lookup,
         dns=dns,
         mta_sts=mta_sts,

@@ -10,6 +10,7 @@ domain is dropped whenever the cache says its verdict may have changed.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Mapping
 
 from twisted.internet.defer import Deferred
@@ -19,8 +20,13 @@ from twisted.logger import Logger
 from mxpolicyd.cache import Entry, PolicyCache
 from mxpolicyd.config import Profile
 from mxpolicyd.domain import normalise
+from mxpolicyd.metrics import Metrics
 from mxpolicyd.socketmap import Reply
 from mxpolicyd.verdict import NOTFOUND, Action, Verdict, exim_reply, postfix_reply
+
+
+# The first two bytes of a socketmap reply name its status.
+_RESULTS = {b"OK": "ok", b"NO": "notfound", b"TE": "temp", b"PE": "perm", b"TI": "timeout"}
 
 
 class PostfixResponder:
@@ -34,24 +40,41 @@ class PostfixResponder:
         cache: PolicyCache,
         profiles: Mapping[str, Profile],
         memo_limit: int = 200000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._clock = clock
         self._cache = cache
+        self._metrics = metrics or Metrics()
+        self._memo_limit = memo_limit
+        self.set_profiles(profiles)
+        cache.on_change(self._forget)
+
+    def set_profiles(self, profiles: Mapping[str, Profile]) -> None:
+        """Serve these map names from now on (a reload); replies are re-rendered."""
         self._profiles = {name.encode("ascii"): p for name, p in profiles.items()}
         self._memo: dict[tuple[bytes, bytes], tuple[bytes, Entry]] = {}
         self._memo_keys: dict[str, list[tuple[bytes, bytes]]] = {}
-        self._memo_limit = memo_limit
-        cache.on_change(self._forget)
 
     def lookup(self, name: bytes, key: bytes) -> Reply:
+        started = perf_counter()
         hit = self._memo.get((name, key))
         if hit is not None:
             reply, entry = hit
             now = self._clock.seconds()
             if now < entry.due_at and now < entry.changes_at:
                 entry.used_at = now
-                return reply
-        return self._lookup(name, key)
+                self._metrics.cache.inc("hit")
+                return self._counted(reply, started)
+        found = self._lookup(name, key)
+        if isinstance(found, Deferred):
+            return found.addCallback(self._counted, started)
+        return self._counted(found, started)
+
+    def _counted(self, reply: bytes, started: float) -> bytes:
+        metrics = self._metrics
+        metrics.lookups.inc("socketmap", _RESULTS.get(reply[:2], "other"))
+        metrics.latency.observe(perf_counter() - started, "socketmap")
+        return reply
 
     def _lookup(self, name: bytes, key: bytes) -> Reply:
         profile = self._profiles.get(name)
@@ -64,9 +87,11 @@ class PostfixResponder:
             return NOTFOUND
         entry = self._cache.current(domain)
         if entry is not None:
+            self._metrics.cache.inc("hit")
             reply = postfix_reply(entry.verdict, profile)
             self._remember(name, key, reply, entry)
             return reply
+        self._metrics.cache.inc("miss")
         verdict = self._cache.lookup(domain)
         if isinstance(verdict, Deferred):
             return verdict.addCallback(self._render, profile)
@@ -95,16 +120,24 @@ class PostfixResponder:
 class EximResponder:
     """Answers Exim C{${readsocket}} lookups: one domain, one verdict line."""
 
-    def __init__(self, cache: PolicyCache) -> None:
+    def __init__(self, cache: PolicyCache, metrics: Metrics | None = None) -> None:
         self._cache = cache
+        self._metrics = metrics or Metrics()
 
     def lookup(self, key: bytes) -> bytes | Deferred[bytes]:
+        started = perf_counter()
         domain = normalise(key)
         if domain is None:
-            return exim_reply(Verdict(
+            return self._counted(Verdict(
                 key.decode("ascii", "replace")[:64], Action.NONE,
-                "not a plain domain name: no lookup"))
+                "not a plain domain name: no lookup"), started)
+        self._metrics.cache.inc("hit" if domain in self._cache else "miss")
         verdict = self._cache.lookup(domain)
         if isinstance(verdict, Deferred):
-            return verdict.addCallback(exim_reply)
+            return verdict.addCallback(self._counted, started)
+        return self._counted(verdict, started)
+
+    def _counted(self, verdict: Verdict, started: float) -> bytes:
+        self._metrics.lookups.inc("exim", verdict.action.value)
+        self._metrics.latency.observe(perf_counter() - started, "exim")
         return exim_reply(verdict)

@@ -21,9 +21,10 @@ from twisted.internet import endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
 
 from mxpolicyd.cache import PolicyCache
-from mxpolicyd.config import Config, ConfigError
+from mxpolicyd.config import Config, ConfigError, load
 from mxpolicyd.dane import DaneEvaluator
 from mxpolicyd.evaluator import Evaluator
 from mxpolicyd.fetch import PolicyFetcher
@@ -31,6 +32,7 @@ from mxpolicyd.mtasts import StsEvaluator
 from mxpolicyd.resolver import Resolver, system_nameservers
 from mxpolicyd.refresher import Refresher
 from mxpolicyd.exim import EximFactory
+from mxpolicyd.metrics import Metrics, MetricsResource
 from mxpolicyd.server import EximResponder, PostfixResponder
 from mxpolicyd.socketmap import SocketmapFactory
 from mxpolicyd.redisstore import RedisStore
@@ -97,6 +99,47 @@ class Daemon:
     store: DurableStore
     responder: PostfixResponder
     refresher: Refresher | None
+    metrics: Metrics
+    config: Config
+    reactor: Any
+
+    def reload(self, path: str | None) -> bool:
+        """
+        Re-read the configuration and apply what can change while running.
+
+        Validation comes first and the swap is all or nothing: a bad file
+        leaves the running configuration untouched and says which key is
+        wrong.  Listeners and the store need a restart; a change to them is
+        logged, not applied.
+        """
+        try:
+            config = load(path)
+            evaluator = build_evaluator(config, self.reactor)
+        except ConfigError as e:
+            self.metrics.reloads.inc("failed")
+            _log.error("Reload refused, keeping the running configuration: {error}",
+                       error=str(e))
+            return False
+        old = self.config
+        for what, before, after in (
+            ("socketmap.listen", old.socketmap.listen, config.socketmap.listen),
+            ("exim.listen", old.exim.listen, config.exim.listen),
+            ("metrics.listen", old.metrics.listen, config.metrics.listen),
+            ("store", old.store, config.store),
+            ("daemon.state_directory", old.state_directory, config.state_directory),
+        ):
+            if before != after:
+                _log.warn("Reload: {what} changed; restart mxpolicyd to apply it",
+                          what=what)
+        self.cache.set_evaluator(evaluator, evaluator.pending, config.lookup.deadline)
+        self.responder.set_profiles(config.profiles)
+        if self.refresher is not None:
+            self.refresher.window = config.refresh.window
+            self.refresher.concurrency = config.refresh.concurrency
+        self.config = config
+        self.metrics.reloads.inc("applied")
+        _log.info("Reloaded the configuration from {source}", source=config.source)
+        return True
 
 
 class WarmUp(Service):
@@ -158,6 +201,7 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
 def make_daemon(config: Config, reactor: Any) -> Daemon:
     evaluator = build_evaluator(config, reactor)
     store, stop_store = make_store(config, reactor)
+    metrics = Metrics()
     cache = PolicyCache(
         reactor,
         evaluator,
@@ -166,8 +210,9 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         max_evaluations=config.lookup.max_evaluations,
         pending=evaluator.pending,
         lease=config.store.lease,
+        metrics=metrics,
     )
-    responder = PostfixResponder(reactor, cache, config.profiles)
+    responder = PostfixResponder(reactor, cache, config.profiles, metrics=metrics)
 
     top = MultiService()
     StoreService(
@@ -192,16 +237,31 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         max_connections=config.socketmap.max_connections,
     )
     exim = EximFactory(
-        EximResponder(cache).lookup,
+        EximResponder(cache, metrics).lookup,
         reactor,
         timeout=config.exim.timeout,
         max_connections=config.exim.max_connections,
     )
-    for description, serving in [(d, factory) for d in config.socketmap.listen] + [
-        (d, exim) for d in config.exim.listen
-    ]:
+    site = Site(MetricsResource(metrics))
+    site.noisy = False
+    # A scrape every 15 s is not worth a log line.
+    site.log = lambda request: None  # type: ignore[method-assign]
+    metrics.gauge("mxpolicyd_cached_domains", "Domains in memory.", lambda: len(cache))
+    metrics.gauge("mxpolicyd_evaluations_in_flight", "Evaluations running now.",
+                  lambda: cache.evaluations_in_flight)
+    metrics.gauge("mxpolicyd_store_pending_writes", "Domain states not yet written.",
+                  lambda: store.pending)
+    if refresher is not None:
+        scheduled = refresher
+        metrics.gauge("mxpolicyd_refresh_queue", "Domains scheduled for a refresh.",
+                      lambda: scheduled.queue_depth)
+    for description, serving in (
+        [(d, factory) for d in config.socketmap.listen]
+        + [(d, exim) for d in config.exim.listen]
+        + [(d, site) for d in config.metrics.listen]
+    ):
         endpoint = endpoints.serverFromString(reactor, description)
         listener = StreamServerEndpointService(endpoint, serving)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
-    return Daemon(top, cache, store, responder, refresher)
+    return Daemon(top, cache, store, responder, refresher, metrics, config, reactor)
