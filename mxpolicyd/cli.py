@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import socket
+import time
 import sys
 from typing import Any, Sequence, TextIO, cast
 
@@ -316,6 +317,72 @@ def _print_explain(result: dict[str, Any], as_json: bool) -> None:
     print("postfix: %s" % result["postfix"])
 
 
+def control_request(path: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """One exchange on the daemon's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode("utf-8") + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not isinstance(reply, dict):
+        raise ValueError("the daemon sent no JSON object")
+    return reply
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    config = _load(args)
+    path = args.socket or config.control.socket
+    if not path:
+        print("mxpolicyd: the control socket is off (control.socket); use --socket",
+              file=sys.stderr)
+        return EXIT_ERROR
+    request: dict[str, Any] = {"command": args.action}
+    if args.action == "list":
+        request["limit"] = args.limit
+    else:
+        if not args.domain:
+            print("mxpolicyd: cache %s needs a DOMAIN" % args.action, file=sys.stderr)
+            return EXIT_ERROR
+        request["domain"] = args.domain
+    try:
+        reply = control_request(path, request)
+    except (OSError, ValueError) as e:
+        print("mxpolicyd: cannot reach the daemon at %s: %s" % (path, e), file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif "error" in reply:
+        print("mxpolicyd: %s" % reply["error"], file=sys.stderr)
+    elif args.action == "list":
+        for item in reply["domains"]:
+            print("%-40s %-12s %s" % (item["domain"], item["action"], item["rule"]))
+        shown = len(reply["domains"])
+        if shown < reply["count"]:
+            print("(%d of %d domains; --limit N for more)" % (shown, reply["count"]))
+    elif args.action == "forget":
+        print("%s: %s" % (reply["domain"], "forgotten" if reply["forgotten"] else "was not cached"))
+    else:
+        print("domain:  %s" % reply["domain"])
+        print("verdict: %s (%s)" % (reply["action"], reply["rule"]))
+        for key in ("due_at", "used_at"):
+            if reply.get(key):
+                print("%-8s %s" % (key.split("_")[0] + ":",
+                                   time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                 time.gmtime(reply[key]))))
+        print(json.dumps(reply.get("state"), indent=2, sort_keys=True))
+    if "error" in reply:
+        return EXIT_NOTFOUND if "not cached" in reply["error"] else EXIT_ERROR
+    if args.action == "forget" and not reply["forgotten"]:
+        return EXIT_NOTFOUND
+    return EXIT_FOUND
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
@@ -369,6 +436,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--map", default="postfix", help="profile to render (default postfix)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_explain)
+
+    k = sub.add_parser("cache", parents=[common],
+                       help="list, show, refresh or forget cached domains in the running daemon")
+    k.add_argument("action", choices=["list", "show", "refresh", "forget"])
+    k.add_argument("domain", nargs="?")
+    k.add_argument("--limit", type=int, default=1000, help="list at most this many")
+    k.add_argument("--socket", metavar="PATH", help="control socket (default: control.socket)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_cache)
 
     c = sub.add_parser("check-config", parents=[common], help="validate the configuration")
     c.set_defaults(func=cmd_check_config)

@@ -61,6 +61,12 @@ class EximConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    # The unix socket for administrators' commands; "" switches it off.
+    socket: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: tuple[str, ...] = ()
 
@@ -124,6 +130,7 @@ class Config:
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
     exim: EximConfig = field(default_factory=EximConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
@@ -328,6 +335,21 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     )
     ex.finish()
 
+    co = top.table("control")
+    control = ControlConfig(
+        socket=co.get(
+            "socket",
+            os.path.join(
+                (environ.get("RUNTIME_DIRECTORY") or "").split(":")[0] or state_directory,
+                "control.sock",
+            ),
+            str,
+            lambda v: "must be an absolute path, or \"\" to switch it off"
+            if v and not v.startswith("/") or ":" in v else None,
+        )
+    )
+    co.finish()
+
     me = top.table("metrics")
     metrics = MetricsConfig(listen=_list_of(me, "listen", (), _check_endpoint))
     me.finish()
@@ -452,6 +474,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         socketmap=socketmap,
         exim=exim,
         metrics=metrics,
+        control=control,
         lookup=lookup,
         dns=dns,
         mta_sts=mta_sts,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from mxpolicyd.fetch import PolicyFetcher
 from mxpolicyd.mtasts import StsEvaluator
 from mxpolicyd.resolver import Resolver, system_nameservers
 from mxpolicyd.refresher import Refresher
+from mxpolicyd.control import ControlCommands, ControlFactory
 from mxpolicyd.exim import EximFactory
 from mxpolicyd.metrics import Metrics, MetricsResource
 from mxpolicyd.server import EximResponder, PostfixResponder
@@ -255,10 +257,20 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         scheduled = refresher
         metrics.gauge("mxpolicyd_refresh_queue", "Domains scheduled for a refresh.",
                       lambda: scheduled.queue_depth)
+    control = []
+    if config.control.socket:
+        os.makedirs(os.path.dirname(config.control.socket), exist_ok=True)
+        # Mode 660: the daemon's user and its group (the admins) only; the
+        # lock file lets a restart replace a socket left by a crash.
+        control = [
+            ("unix:%s:mode=660:lockfile=1" % config.control.socket,
+             ControlFactory(ControlCommands(cache)))
+        ]
     for description, serving in (
         [(d, factory) for d in config.socketmap.listen]
         + [(d, exim) for d in config.exim.listen]
         + [(d, site) for d in config.metrics.listen]
+        + control
     ):
         endpoint = endpoints.serverFromString(reactor, description)
         listener = StreamServerEndpointService(endpoint, serving)

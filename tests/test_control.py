@@ -1,0 +1,90 @@
+"""Tests for L{mxpolicyd.control}: administrators' commands over the control socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.control import ControlCommands, ControlFactory
+
+from .test_server import EnforceWorld
+
+
+class ControlTests(EnforceWorld):
+    def setUp(self) -> None:
+        super().setUp()
+        self.successResultOf(self.cache.lookup("example.test"))  # type: ignore[arg-type]
+        self.commands = ControlCommands(self.cache)
+
+    def ask(self, request: Any) -> dict[str, Any]:
+        proto = ControlFactory(self.commands).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        line = request if isinstance(request, bytes) else json.dumps(request).encode()
+        proto.dataReceived(line + b"\n")
+        self.assertTrue(transport.disconnecting)
+        reply = json.loads(transport.value())
+        assert isinstance(reply, dict)
+        return reply
+
+    def test_list(self) -> None:
+        """list shows each cached domain's action and rule, with the total count."""
+        reply = self.ask({"command": "list"})
+        self.assertEqual(reply["count"], 1)
+        self.assertEqual(reply["domains"][0]["domain"], "example.test")
+        self.assertEqual(reply["domains"][0]["action"], "sts-enforce")
+
+    def test_list_limit(self) -> None:
+        """list --limit caps the output but not the count."""
+        self.successResultOf(self.cache.lookup("other.test"))  # type: ignore[arg-type]
+        reply = self.ask({"command": "list", "limit": 1})
+        self.assertEqual((reply["count"], len(reply["domains"])), (2, 1))
+
+    def test_show(self) -> None:
+        """show gives the verdict and the full stored state; the key is normalised."""
+        reply = self.ask({"command": "show", "domain": "EXAMPLE.test."})
+        self.assertEqual(reply["domain"], "example.test")
+        self.assertEqual(reply["state"]["sts"]["policy"]["mode"], "enforce")
+
+    def test_show_unknown(self) -> None:
+        """show of an uncached domain says so."""
+        self.assertEqual(self.ask({"command": "show", "domain": "nope.test"})["error"],
+                         "nope.test is not cached")
+
+    def test_forget(self) -> None:
+        """forget drops the domain; a second forget reports it was not cached."""
+        self.assertTrue(self.ask({"command": "forget", "domain": "example.test"})["forgotten"])
+        self.assertNotIn("example.test", self.cache)
+        self.assertFalse(self.ask({"command": "forget", "domain": "example.test"})["forgotten"])
+
+    def test_refresh(self) -> None:
+        """refresh re-evaluates now and shows the result."""
+        before = len(self.resolver.queries)
+        reply = self.ask({"command": "refresh", "domain": "example.test"})
+        self.assertEqual(reply["action"], "sts-enforce")
+        self.assertGreater(len(self.resolver.queries), before)
+
+    def test_bad_requests(self) -> None:
+        """Junk, unknown commands and bad domains get an error reply, never a crash."""
+        self.assertIn("not a JSON object", self.ask(b"junk")["error"])
+        self.assertIn("not a JSON object", self.ask(b"[1]")["error"])
+        self.assertIn("unknown command", self.ask({"command": "drop"})["error"])
+        self.assertIn("not a domain", self.ask({"command": "show", "domain": "[1.2.3.4]"})["error"])
+        self.assertIn("not a domain", self.ask({"command": "forget"})["error"])
+        self.assertIn("limit", self.ask({"command": "list", "limit": "all"})["error"])
+        self.assertIn("longer than", self.ask(b"x" * 5000)["error"])
+
+
+class ControlConfigTests(SynchronousTestCase):
+    def test_default_socket(self) -> None:
+        """The control socket lives in systemd's RuntimeDirectory, else the state directory."""
+        from mxpolicyd.config import parse
+
+        self.assertEqual(parse({}, "t", {"HOME": "/h"}).control.socket,
+                         "/h/.local/state/mxpolicyd/control.sock")
+        self.assertEqual(parse({}, "t", {"HOME": "/h", "RUNTIME_DIRECTORY": "/run/mxpolicyd"})
+                         .control.socket, "/run/mxpolicyd/control.sock")
+        self.assertEqual(parse({"control": {"socket": ""}}, "t", {"HOME": "/h"}).control.socket, "")
