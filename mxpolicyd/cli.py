@@ -404,6 +404,39 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_FOUND
 
 
+def cmd_import_config(args: argparse.Namespace) -> int:
+    import os
+
+    from mxpolicyd.migrate import DEFAULT_SOURCES, MigrateError, convert, read_yaml
+
+    source = args.file
+    if source is None:
+        found = [path for path in DEFAULT_SOURCES if os.path.exists(path)]
+        source = found[0] if found else DEFAULT_SOURCES[0]
+    try:
+        conversion = convert(read_yaml(source), source)
+    except MigrateError as e:
+        print("mxpolicyd import-config: %s" % (e,), file=sys.stderr)
+        return EXIT_ERROR
+    for warning in conversion.warnings:
+        print("mxpolicyd import-config: warning: %s" % (warning,), file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(conversion.toml)
+        return EXIT_FOUND
+    try:
+        with open(args.output, "x" if not args.force else "w") as f:
+            f.write(conversion.toml)
+    except OSError as e:
+        print("mxpolicyd import-config: cannot write %s: %s%s" % (
+            args.output, e.strerror,
+            " (use --force to replace it)" if isinstance(e, FileExistsError) else ""),
+            file=sys.stderr)
+        return EXIT_ERROR
+    print("mxpolicyd import-config: wrote %s; check it with: mxpolicyd check-config "
+          "--config %s" % (args.output, args.output), file=sys.stderr)
+    return EXIT_FOUND
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", metavar="FILE",
@@ -448,6 +481,15 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", parents=[common], help="validate the configuration")
     c.set_defaults(func=cmd_check_config)
+
+    i = sub.add_parser("import-config",
+                       help="convert postfix-mta-sts-resolver's YAML configuration to TOML")
+    i.add_argument("file", nargs="?", metavar="FILE",
+                   help="default /etc/mta-sts-daemon.yml, else /etc/postfix/mta-sts-daemon.yml")
+    i.add_argument("--output", "-o", metavar="FILE",
+                   help="write the TOML here (default: standard output)")
+    i.add_argument("--force", action="store_true", help="replace an existing --output file")
+    i.set_defaults(func=cmd_import_config)
     return p
 
 
