@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import socket
@@ -95,6 +96,9 @@ def _check_listeners(config: Config, reactor: Any) -> None:
     for key, descriptions in (("socketmap.listen", config.socketmap.listen),
                               ("exim.listen", config.exim.listen)):
         for description in descriptions:
+            if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+                # Socket activation: only the service has the descriptors.
+                continue
             try:
                 endpoints.serverFromString(reactor, description)
             except Exception as e:
@@ -107,6 +111,7 @@ def _check_listeners(config: Config, reactor: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor, task
 
+    from mxpolicyd.systemd import Notifier, NotifyService
     from mxpolicyd.tap import make_daemon
 
     config = _load(args)
@@ -127,11 +132,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
             raise SystemExit(EXIT_ERROR)
         daemon.service.startService()
+        # The last child: READY=1 once the listeners are up, STOPPING=1 first.
+        notify = NotifyService(
+            Notifier.from_environ(), reactor,
+            lambda: "serving; %d domains cached" % len(daemon.cache),
+        )
+        notify.setServiceParent(daemon.service)
         reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
         # SIGHUP: re-read the file; a bad one is refused and the old kept.
         signal.signal(
             signal.SIGHUP,
-            lambda signum, frame: reactor.callFromThread(daemon.reload, args.config),
+            lambda signum, frame: reactor.callFromThread(
+                notify.reload, lambda: daemon.reload(args.config)),
         )
         from twisted.logger import Logger
 

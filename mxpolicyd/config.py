@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -488,7 +488,10 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
 def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
     """
-    Read and validate the file at C{path}.
+    Read and validate the file at C{path}, then the C{conf.d/*.toml}
+    fragments beside it, in name order, each merged over the ones before
+    (tables key by key; other values replace), so that a package's file and
+    an administrator's changes stay apart.
 
     With no path, the default file is used if it exists and the embedded
     defaults otherwise, so that a bare C{mxpolicyd} runs.
@@ -497,11 +500,37 @@ def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
         if not os.path.exists(DEFAULT_PATH):
             return parse({}, "(defaults)", environ)
         path = DEFAULT_PATH
+    data = _read(path)
+    config = parse(data, path, environ)
+    # conf.d/*.toml beside the file, in name order, each merged over what
+    # came before.  Validating after each one blames the file that broke it.
+    directory = os.path.join(os.path.dirname(path), "conf.d")
+    fragments = sorted(Path(directory).glob("*.toml")) if os.path.isdir(directory) else []
+    for fragment in fragments:
+        data = _merged(data, _read(str(fragment)))
+        config = parse(data, str(fragment), environ)
+    if fragments:
+        names = ", ".join(os.path.join("conf.d", f.name) for f in fragments)
+        config = replace(config, source="%s + %s" % (path, names))
+    return config
+
+
+def _read(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
         raise ConfigError("%s: cannot read: %s" % (path, e.strerror)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("%s: not valid TOML: %s" % (path, e)) from None
-    return parse(data, path, environ)
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value, a list too, replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
