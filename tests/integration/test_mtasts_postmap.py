@@ -194,7 +194,7 @@ class PolicyChangeTests(IntegrationTestCase):
         daemon = self.start_daemon()
         stale = enforce_answer(mx_of("stale.test"))
         self.assertAnswer("stale.test", stale, daemon=daemon)
-        with self.world.nsd.paused():
+        with self.world.dns_paused():
             time.sleep(1.5)  # past the 1 s TXT TTL floor: the next lookup re-checks
             started = time.monotonic()
             self.assertAnswer("stale.test", stale, daemon=daemon)

@@ -37,11 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import dns.exception
+import dns.rcode
+
 from . import scenarios
 from .addresses import POLICY_ADDRESS, POLICY_PORT, RESOLVER_ADDRESS, RESOLVER_PORT
 from .daemon import Daemon, make_postfix_config, merge
 from .pki import CertificateAuthority, Pair
-from .servers import DeadResolver, Nginx, Nsd, Unbound
+from .servers import DeadResolver, Nginx, Nsd, Unbound, wait_until
 
 Config = Mapping[str, Mapping[str, Any]]
 
@@ -88,6 +91,24 @@ class World:
             "dane": {"enabled": True, "ttl_min": 1, "ttl_max": 3600},
         }
         return merge(base, *overrides)
+
+    @contextlib.contextmanager
+    def dns_paused(self) -> Iterator[None]:
+        """
+        nsd stopped (queries time out) for the block; afterwards, wait until
+        unbound resolves the test zone again: it remembers an unresponsive
+        server for a moment, and the next test must not inherit SERVFAILs.
+        """
+        with self.nsd.paused():
+            yield
+
+        def healthy() -> bool:
+            try:
+                return self.unbound.query("test.", "SOA", timeout=0.5).rcode() == dns.rcode.NOERROR
+            except dns.exception.Timeout:
+                return False
+
+        wait_until(healthy, 15.0, "unbound to resolve test. again after nsd was paused")
 
     def dead_dns_config(self) -> Config:
         """The override that sends every DNS query to a server that never answers."""
