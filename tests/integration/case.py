@@ -7,7 +7,7 @@ one answer Postfix would act on.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import dns.flags
 import dns.message
@@ -15,7 +15,12 @@ import dns.rdatatype
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from .addresses import POLICY_ADDRESS, SINK_ADDRESSES
 from .daemon import Daemon, PostmapResult
+from .pki import Pair
+from .scenarios import policy
+from .servers import Site
+from .smtpsink import SmtpSink
 from .world import World
 
 NOT_FOUND = "<not found>"
@@ -106,3 +111,52 @@ class IntegrationTestCase(SynchronousTestCase):
         """The answer section's rdata texts of one type, in order."""
         wanted = dns.rdatatype.from_text(rdtype)
         return [rd.to_text() for rrset in response.answer if rrset.rdtype == wanted for rd in rrset]
+
+
+def owner(name: str) -> str:
+    """An absolute ``.test`` name as an owner relative to the zone ``test.``."""
+    assert name.endswith(".test"), name
+    return name[: -len(".test")]
+
+
+def add_policy_host(world: World, domain: str, body: str) -> None:
+    """Serve ``mta-sts.<domain>`` from nginx, with a certificate of its own."""
+    site = Site(domain, body, certificate=f"policy-{domain}")
+    world.nginx.add_site(site, world.ca.issue([site.host], label=site.certificate))
+
+
+class MailTestCase(IntegrationTestCase):
+    """Helpers to publish a domain's DNS and policy and run its SMTP sinks."""
+
+    def sink(self, address: str, name: str, certificate: Pair | None) -> SmtpSink:
+        """An SMTP sink on ``address``:25 for this test only."""
+        assert address in SINK_ADDRESSES, f"{address} is not among addresses.SINK_ADDRESSES"
+        sink = SmtpSink(address, name, certificate).start()
+        self.addCleanup(sink.stop)
+        return sink
+
+    def publish(self, records: dict[str, list[str]]) -> None:
+        """Add records to the signed zones (owners relative to test.); removed after the test."""
+        self.world.nsd.update(records)
+        self.addCleanup(self.world.nsd.update, {o: [] for o in records})
+
+    def publish_mx(
+        self, domain: str, hosts: dict[str, str], tlsa: dict[str, str] | None = None
+    ) -> None:
+        """``domain``'s MX hosts (name -> address) in preference order, some with TLSA."""
+        records: dict[str, list[str]] = {
+            owner(domain): [f"MX {10 * (i + 1)} {host}." for i, host in enumerate(hosts)]
+        }
+        for host, address in hosts.items():
+            records[owner(host)] = [f"A {address}"]
+        for host, rdata in (tlsa or {}).items():
+            records["_25._tcp." + owner(host)] = [f"TLSA {rdata}"]
+        self.publish(records)
+
+    def publish_sts(self, domain: str, mx: Sequence[str]) -> None:
+        """An MTA-STS enforce policy for ``domain``: its TXT record and its policy host."""
+        self.publish({
+            "_mta-sts." + owner(domain): ['TXT "v=STSv1; id=1"'],
+            "mta-sts." + owner(domain): [f"A {POLICY_ADDRESS}"],
+        })
+        add_policy_host(self.world, domain, policy("enforce", mx))

@@ -8,17 +8,15 @@ sinks on loopback port 25 that present certificates from the test CA.
 from __future__ import annotations
 
 import subprocess
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import pytest
 
-from .addresses import POLICY_ADDRESS, SINK_ADDRESSES
-from .case import IntegrationTestCase
+from .case import MailTestCase
 from .daemon import POSTMAP, Daemon
-from .pki import Pair, tlsa_mismatch
+from .pki import tlsa_mismatch
 from .postfix import Delivery, Postfix
-from .scenarios import enforce_answer, policy
-from .servers import Site
+from .scenarios import enforce_answer
 from .smtpsink import SmtpSink
 from .world import World
 
@@ -38,7 +36,7 @@ def delivery_daemon(world: World, postfix: Postfix) -> Iterator[Daemon]:
         daemon.stop()
 
 
-class DeliveryTestCase(IntegrationTestCase):
+class DeliveryTestCase(MailTestCase):
     """Helpers to publish a domain, run its SMTP sinks and deliver to it."""
 
     postfix: Postfix
@@ -47,39 +45,6 @@ class DeliveryTestCase(IntegrationTestCase):
     def _delivery(self, postfix: Postfix, delivery_daemon: Daemon) -> None:
         self.postfix = postfix
         self.daemon = delivery_daemon
-
-    def sink(self, address: str, name: str, certificate: Pair | None) -> SmtpSink:
-        """An SMTP sink on ``address``:25 for this test only."""
-        assert address in SINK_ADDRESSES, f"{address} is not among addresses.SINK_ADDRESSES"
-        sink = SmtpSink(address, name, certificate).start()
-        self.addCleanup(sink.stop)
-        return sink
-
-    def publish(self, records: dict[str, list[str]]) -> None:
-        """Add records to the signed zones (owners relative to test.); removed after the test."""
-        self.world.nsd.update(records)
-        self.addCleanup(self.world.nsd.update, {owner: [] for owner in records})
-
-    def publish_mx(
-        self, domain: str, hosts: dict[str, str], tlsa: dict[str, str] | None = None
-    ) -> None:
-        """``domain``'s MX hosts (name -> address), with TLSA rdata for some of them."""
-        records: dict[str, list[str]] = {
-            _owner(domain): [f"MX {10 * (i + 1)} {host}." for i, host in enumerate(hosts)]
-        }
-        for host, address in hosts.items():
-            records[_owner(host)] = [f"A {address}"]
-        for host, rdata in (tlsa or {}).items():
-            records["_25._tcp." + _owner(host)] = [f"TLSA {rdata}"]
-        self.publish(records)
-
-    def publish_sts(self, domain: str, mx: Sequence[str]) -> None:
-        """An MTA-STS enforce policy for ``domain``: its TXT record and its policy host."""
-        self.publish({
-            "_mta-sts." + _owner(domain): ['TXT "v=STSv1; id=1"'],
-            "mta-sts." + _owner(domain): [f"A {POLICY_ADDRESS}"],
-        })
-        add_policy_host(self.world, domain, policy("enforce", mx))
 
     def deliver(self, domain: str, transport: str | None = None) -> Delivery:
         """Send one message to ``domain`` and return smtp(8)'s first attempt."""
@@ -122,18 +87,6 @@ class DeliveryTestCase(IntegrationTestCase):
         self.assertIn(delivery.queue_id, queued)
         for sink in sinks:
             self.assertEqual(sink.messages, [], sink.sessions)
-
-
-def _owner(name: str) -> str:
-    """An absolute ``.test`` name as an owner relative to the zone ``test.``."""
-    assert name.endswith(".test"), name
-    return name[: -len(".test")]
-
-
-def add_policy_host(world: World, domain: str, body: str) -> None:
-    """Serve ``mta-sts.<domain>`` from nginx, with a certificate of its own."""
-    site = Site(domain, body, certificate=f"policy-{domain}")
-    world.nginx.add_site(site, world.ca.issue([site.host], label=site.certificate))
 
 
 class MTASTSDeliveryTests(DeliveryTestCase):

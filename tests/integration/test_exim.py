@@ -11,19 +11,18 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple
 
 import pytest
 
-from .addresses import POLICY_ADDRESS, SINK_ADDRESSES
-from .case import IntegrationTestCase
+from .addresses import POLICY_ADDRESS
+from .case import MailTestCase, add_policy_host, owner
 from .daemon import Daemon
 from .exim import Attempt, Exim, debian_config, ensure_exim
-from .pki import Pair, tlsa_mismatch
+from .pki import tlsa_mismatch
 from .scenarios import MAX_AGE, mx_of, policy
 from .servers import accepts_connections, free_port, wait_until
 from .smtpsink import SmtpSink
-from .test_delivery import add_policy_host
 from .world import World
 
 pytestmark = pytest.mark.integration
@@ -85,7 +84,7 @@ def exim(world: World, exim_tree: Path, exim_listener: EximListener) -> Iterator
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class EximTestCase(IntegrationTestCase):
+class EximTestCase(MailTestCase):
     """Tests with the class's Exim configuration and daemon."""
 
     exim: Exim
@@ -176,39 +175,6 @@ class ReadsocketTests(EximTestCase):
 
 class EximDeliveryTests(EximTestCase):
     """Real deliveries by Exim through contrib/exim's routers and transports."""
-
-    def sink(self, address: str, name: str, certificate: Pair | None) -> SmtpSink:
-        """An SMTP sink on ``address``:25 for this test only."""
-        assert address in SINK_ADDRESSES, address
-        sink = SmtpSink(address, name, certificate).start()
-        self.addCleanup(sink.stop)
-        return sink
-
-    def publish(self, records: dict[str, list[str]]) -> None:
-        """Add records to the signed zones; removed after the test."""
-        self.world.nsd.update(records)
-        self.addCleanup(self.world.nsd.update, {owner: [] for owner in records})
-
-    def publish_mx(
-        self, domain: str, hosts: dict[str, str], tlsa: dict[str, str] | None = None
-    ) -> None:
-        """``domain``'s MX hosts (name -> address) in preference order, some with TLSA."""
-        records: dict[str, list[str]] = {
-            _owner(domain): [f"MX {10 * (i + 1)} {host}." for i, host in enumerate(hosts)]
-        }
-        for host, address in hosts.items():
-            records[_owner(host)] = [f"A {address}"]
-        for host, rdata in (tlsa or {}).items():
-            records["_25._tcp." + _owner(host)] = [f"TLSA {rdata}"]
-        self.publish(records)
-
-    def publish_sts(self, domain: str, mx: Sequence[str]) -> None:
-        """An MTA-STS enforce policy for ``domain``."""
-        self.publish({
-            "_mta-sts." + _owner(domain): ['TXT "v=STSv1; id=1"'],
-            "mta-sts." + _owner(domain): [f"A {POLICY_ADDRESS}"],
-        })
-        add_policy_host(self.world, domain, policy("enforce", mx))
 
     def deliver(self, domain: str, macros: dict[str, str] | None = None) -> Attempt:
         """Send one message to ``domain``; Exim's first attempt, delivered in the foreground."""
@@ -384,12 +350,12 @@ class DebianConfigTests(EximTestCase):
     def setUp(self) -> None:
         sts, dane, plain = "stsdeb.exim.test", "danedeb.exim.test", "plaindeb.exim.test"
         records = {
-            _owner(sts): [f"MX 10 mx.{sts}."], _owner(f"mx.{sts}"): ["A 127.0.0.61"],
-            "_mta-sts." + _owner(sts): ['TXT "v=STSv1; id=1"'],
-            "mta-sts." + _owner(sts): [f"A {POLICY_ADDRESS}"],
-            _owner(dane): [f"MX 10 mx.{dane}."], _owner(f"mx.{dane}"): ["A 127.0.0.62"],
-            "_25._tcp." + _owner(f"mx.{dane}"): [f"TLSA {tlsa_mismatch()}"],
-            _owner(plain): [f"MX 10 mx.{plain}."], _owner(f"mx.{plain}"): ["A 127.0.0.63"],
+            owner(sts): [f"MX 10 mx.{sts}."], owner(f"mx.{sts}"): ["A 127.0.0.61"],
+            "_mta-sts." + owner(sts): ['TXT "v=STSv1; id=1"'],
+            "mta-sts." + owner(sts): [f"A {POLICY_ADDRESS}"],
+            owner(dane): [f"MX 10 mx.{dane}."], owner(f"mx.{dane}"): ["A 127.0.0.62"],
+            "_25._tcp." + owner(f"mx.{dane}"): [f"TLSA {tlsa_mismatch()}"],
+            owner(plain): [f"MX 10 mx.{plain}."], owner(f"mx.{plain}"): ["A 127.0.0.63"],
         }
         self.world.nsd.update(records)
         self.addCleanup(self.world.nsd.update, {owner: [] for owner in records})
@@ -417,7 +383,3 @@ class DebianConfigTests(EximTestCase):
         self.assertRoutes(self.routes(split=False))
 
 
-def _owner(name: str) -> str:
-    """An absolute ``.test`` name as an owner relative to the zone ``test.``."""
-    assert name.endswith(".test"), name
-    return name[: -len(".test")]
