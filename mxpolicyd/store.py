@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Iterator, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -106,6 +106,9 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[str, float] | None] = {}
         self._flushing: Deferred[None] | None = None
+        # Failed flushes in a row: a full disk is logged when it starts and
+        # when it ends, not on every retry.
+        self._failures = 0
 
     def open(self) -> None:
         """
@@ -151,17 +154,32 @@ class SQLiteStore:
     def scan(self, batch: int = 2000) -> Iterator[list[Stored]]:
         """
         Every stored domain, a batch at a time, each batch its own short
-        read; unreadable rows are logged and skipped.
+        read; unreadable rows are logged and skipped, and damage to the file
+        (which opening it need not reveal) ends the walk: the domains not
+        read are evaluated afresh.
         """
         assert self._reader is not None
         last = ""
         bad = 0
+        read = 0
         while True:
-            rows = self._reader.execute(
-                "SELECT domain, state, used FROM domains WHERE domain > ? "
-                "ORDER BY domain LIMIT ?",
-                (last, batch),
-            ).fetchall()
+            try:
+                rows = self._reader.execute(
+                    "SELECT domain, state, used FROM domains WHERE domain > ? "
+                    "ORDER BY domain LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            except sqlite3.DatabaseError as e:
+                self._log.error(
+                    "Store {path} is damaged ({error}): read {count} domains, the "
+                    "others are evaluated afresh.  Check it with sqlite3 {path} "
+                    "'PRAGMA integrity_check'; moving it aside while mxpolicyd is "
+                    "stopped starts an empty store",
+                    path=self.path,
+                    error=str(e),
+                    count=read,
+                )
+                break
             if not rows:
                 break
             last = rows[-1][0]
@@ -172,6 +190,7 @@ class SQLiteStore:
                     bad += 1
                 else:
                     found.append((domain, state, used))
+            read += len(found)
             yield found
         if bad:
             self._log.warn("Skipped {count} unreadable stored states", count=bad)
@@ -192,9 +211,13 @@ class SQLiteStore:
                 return succeed(None)
             text, used = pending
             return succeed((domain, DomainState.from_json(json.loads(text)), used))
-        row = self._reader.execute(
-            "SELECT state, used FROM domains WHERE domain = ?", (domain,)
-        ).fetchone()
+        try:
+            row = self._reader.execute(
+                "SELECT state, used FROM domains WHERE domain = ?", (domain,)
+            ).fetchone()
+        except sqlite3.Error:
+            # A damaged page: the caller evaluates the domain afresh.
+            return fail()
         if row is None:
             return succeed(None)
         state = self._parse(domain, row[0], True)
@@ -246,13 +269,24 @@ class SQLiteStore:
                 # (unless newer states replaced it) and try again later.
                 for domain, text in batch.items():
                     self._pending.setdefault(domain, text)
-                self._log.error(
+                self._failures += 1
+                # Once per outage: a retry every flush interval would flood.
+                (self._log.error if self._failures == 1 else self._log.debug)(
                     "Cannot write {count} domain states to {path} ({error}); "
                     "keeping them in memory and retrying",
                     count=len(batch),
                     path=self.path,
                     error=result.getErrorMessage(),
                 )
+            elif self._failures:
+                self._log.info(
+                    "Wrote {count} domain states to {path} again, after {failures} "
+                    "failed attempts",
+                    count=len(batch),
+                    path=self.path,
+                    failures=self._failures,
+                )
+                self._failures = 0
 
         d.addBoth(done)
         return d
@@ -273,7 +307,13 @@ class SQLiteStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): a
+            # second ROLLBACK would fail and hide the error that matters.
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
 
     def close(self) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.state import DomainState, StsState
@@ -99,6 +101,58 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.successResultOf(store.flush())
         self.assertEqual(store.pending, 1)
 
+    def logged(self, store: SQLiteStore) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        store._log = Logger(observer=cast(ILogObserver, events.append))  # type: ignore[misc,unused-ignore]
+        return events
+
+    def test_write_failure_logged_once(self) -> None:
+        """Failed flushes log one error per outage, and one line when writes work again."""
+        outcome: list[Exception | None] = [sqlite3.OperationalError("database or disk is full")]
+
+        def flaky(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            if outcome[0] is not None:
+                return fail(outcome[0])
+            return maybeDeferred(f, *args)
+
+        store = self.open(flaky)
+        events = self.logged(store)
+        store.put("a.test", STATE)
+        for _ in range(5):
+            self.successResultOf(store.flush())
+        errors = [e for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("database or disk is full", formatEvent(errors[0]))
+        outcome[0] = None
+        self.successResultOf(store.flush())
+        self.successResultOf(store.flush())
+        self.assertEqual(store.pending, 0)
+        infos = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+        self.assertEqual(len(infos), 1)
+        self.assertIn("again, after 5 failed attempts", infos[0])
+        self.assertEqual(dict(self.open().load()), {"a.test": STATE})
+
+    def test_full_disk_error_not_hidden(self) -> None:
+        """A write SQLite rolled back by itself fails with its own error, not the ROLLBACK's."""
+        self.store.put("a.test", STATE)
+        self.successResultOf(self.store.flush())
+        db = self.store._db
+        assert db is not None
+        # A page cap stands in for the full disk: SQLITE_FULL, and SQLite
+        # rolls the transaction back by itself.
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute("PRAGMA max_page_count = %d" % pages)
+        events = self.logged(self.store)
+        for i in range(50):
+            self.store.put("big%d.test" % i, STATE)
+        self.successResultOf(self.store.flush())
+        self.assertEqual(self.store.pending, 50)
+        self.assertIn("database or disk is full", formatEvent(events[0]))
+        self.assertFalse(db.in_transaction)
+        db.execute("PRAGMA max_page_count = 1000000")
+        self.successResultOf(self.store.flush())
+        self.assertEqual(len(list(self.open().load())), 51)
+
     def test_newer_state_survives_failed_write(self) -> None:
         """A state put during a failed write is not overwritten by the old batch."""
         runs: list[Deferred[Any]] = []
@@ -128,6 +182,60 @@ class SQLiteStoreTests(SynchronousTestCase):
         store.put("a.test", STATE)
         self.successResultOf(store.flush())
         self.assertEqual(len(list(self.open().load())), 1)
+
+    def fill(self, count: int, size: int = 0) -> None:
+        """Flush ``count`` domains, each state padded to about ``size`` bytes."""
+        record = "v=STSv1; id=1; " + "x" * size
+        for i in range(count):
+            self.store.put("d%03d.test" % i, DomainState(sts=StsState(record=record)))
+        self.successResultOf(self.store.flush())
+        self.store.close()
+
+    def overflow_pages(self) -> list[int]:
+        """
+        The file's pages (from 0) that hold no b-tree: with states over a
+        page each, the overflow pages, which SQLite reads only with the row.
+        """
+        with open(self.path, "rb") as f:
+            data = f.read()
+        return [
+            i for i in range(1, len(data) // 4096)
+            if data[i * 4096] not in (0x02, 0x05, 0x0A, 0x0D)
+        ]
+
+    def damage_overflow_page(self) -> None:
+        """Zero an overflow page of some row: a row count still passes."""
+        page = self.overflow_pages()[0]
+        with open(self.path, "r+b") as f:
+            f.seek(page * 4096)
+            f.write(b"\0" * 4096)
+        db = sqlite3.connect(self.path)
+        self.assertEqual(db.execute("SELECT count(*) FROM domains").fetchone(), (20,))
+        db.close()
+
+    def test_damage_found_while_loading(self) -> None:
+        """A damaged page met while loading ends the load with an error naming the file; nothing raises."""
+        self.fill(20, 6000)
+        self.damage_overflow_page()
+        store = self.open()
+        events = self.logged(store)
+        loaded = list(store.load())
+        self.assertLess(len(loaded), 20)
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("Store %s is damaged" % self.path, errors[0])
+
+    def test_damaged_row_get_fails(self) -> None:
+        """get() of a row on a damaged page fails its Deferred (the cache evaluates afresh)."""
+        self.fill(20, 6000)
+        self.damage_overflow_page()
+        store = self.open()
+        failures: list[Failure] = []
+        for i in range(20):
+            d = store.get("d%03d.test" % i)
+            d.addErrback(failures.append)
+        self.assertTrue(failures)
+        self.assertTrue(all(f.check(sqlite3.DatabaseError) for f in failures))
 
     def test_bad_rows_skipped(self) -> None:
         """A row that does not parse is skipped; the others load."""

@@ -23,6 +23,10 @@ RESOLVER_PORT = 53
 # nginx, every ``mta-sts.<domain>.test`` policy host.
 POLICY_ADDRESS = "127.0.0.44"
 POLICY_PORT = 443
+# test_faults.py's policy host that misbehaves on demand (refuses, stalls,
+# trickles, streams forever), also on port 443: the daemon fetches only there.
+# (bench/compare takes 127.0.0.45:443 and 127.0.0.36:53.)
+FAULTY_POLICY_ADDRESS = "127.0.0.46"
 # The SMTP sinks of the delivery tests, one MX address per test.
 SINK_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(61, 71))
 SMTP_PORT = 25
