@@ -20,8 +20,9 @@ import dns.rcode
 import dns.rdatatype
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from mxpolicyd.outage import ResolverOutage, resolver_kind, utc
 from mxpolicyd.resolver import Answer, DNSError, clamp
 
 # Host states, from the strongest.
@@ -191,43 +192,53 @@ class DaneEvaluator:
         self._ttl_min = ttl_min
         self._ttl_max = ttl_max
         self._max_hosts = max_hosts
+        self._outage = ResolverOutage(clock, self._log, "DANE evaluations")
 
     def evaluate(self, domain: str, prior: DaneState | None = None) -> Deferred[DaneState]:
-        d = Deferred.fromCoroutine(self._evaluate(domain))
-        if prior is not None and prior.status != TEMP:
-            d.addCallback(self._keep, domain, prior)
+        errors: list[BaseException] = []
+        d = Deferred.fromCoroutine(self._evaluate(domain, errors))
+        d.addCallback(self._settle, domain, prior, errors)
         return d
 
-    def _keep(self, new: DaneState, domain: str, prior: DaneState) -> DaneState:
+    def _settle(self, new: DaneState, domain: str, prior: DaneState | None,
+                errors: list[BaseException]) -> DaneState:
         """
         A conclusive result outlives indeterminate re-checks, for a while.
 
         Keeping it never weakens anything: Postfix cannot deliver without
         the same DNS, and its own DANE lookups fail closed.  Answering TEMP
         instead would turn a flaky resolver into deferred mail for domains
-        whose policy is known.
+        whose policy is known.  The log line says which of the two happens.
         """
+        if not errors:
+            self._outage.answered(domain)
         if new.status != TEMP:
             return new
         now = self._clock.seconds()
-        if now >= prior.checked_at + self._grace:
-            return new
-        self._log.warn(
-            "DANE re-check of {domain} is indeterminate ({reason}); keeping the "
-            "{status} result of {age} s ago",
-            domain=domain,
-            reason=new.reason,
-            status=prior.status,
-            age=int(now - prior.checked_at),
-        )
-        return replace(prior, due_at=new.due_at)
+        if prior is not None and prior.status != TEMP and now < prior.checked_at + self._grace:
+            result = replace(prior, due_at=new.due_at)
+            action = "keeping the %s result of %s until %s at the latest" % (
+                prior.status, utc(prior.checked_at), utc(prior.checked_at + self._grace))
+            consequence = "keep a cached result"
+        else:
+            result = new
+            action = "answering TEMP"
+            consequence = "answer TEMP"
+        kind = resolver_kind(errors)
+        level, outage = (self._outage.failed(kind, consequence) if kind is not None
+                         else (LogLevel.warn, ""))
+        self._log.emit(level, "DANE evaluation of {domain} failed: {reason}; {action}{outage}",
+                       domain=domain, reason=new.reason, action=action, outage=outage)
+        return result
 
-    async def _evaluate(self, domain: str) -> DaneState:
+    async def _evaluate(self, domain: str, errors: list[BaseException]) -> DaneState:
+        """The domain's DANE state; C{errors} gets what made it TEMP, if anything did."""
         now = self._clock.seconds()
         try:
             mx = await self._resolver.query(domain, dns.rdatatype.MX)
         except DNSError as e:
-            return self._temp(domain, now, "MX lookup failed: %s" % (e,))
+            errors.append(e)
+            return self._temp(now, "MX lookup failed: %s" % (e,))
         except ValueError:
             return self._done(now, [], NONE, "not a resolvable name")
         ttls = [mx.ttl]
@@ -251,22 +262,22 @@ class DaneEvaluator:
             targets = [(0, domain)]
             implicit = True
         if len(targets) > self._max_hosts:
-            return self._temp(domain, now, "%d MX hosts, more than the %d evaluated"
+            return self._temp(now, "%d MX hosts, more than the %d evaluated"
                               % (len(targets), self._max_hosts))
         hosts: list[HostEvidence] = await gatherResults(
-            [Deferred.fromCoroutine(self._host(name, pref, ttls)) for pref, name in targets],
+            [Deferred.fromCoroutine(self._host(name, pref, ttls, errors))
+             for pref, name in targets],
             consumeErrors=True,
         )
         status, reason = classify(tuple(hosts))
         if status == TEMP:
-            self._log.warn("DANE evaluation of {domain} is indeterminate: {reason}; "
-                           "answering TEMP", domain=domain, reason=reason)
             return DaneState(TEMP, reason, True, implicit, tuple(hosts), now,
                              now + self._ttl_min)
         return self._done(now, ttls, status, reason, mx_secure=True,
                           implicit_mx=implicit, hosts=tuple(hosts))
 
-    async def _host(self, name: str, preference: int, ttls: list[int]) -> HostEvidence:
+    async def _host(self, name: str, preference: int, ttls: list[int],
+                    errors: list[BaseException]) -> HostEvidence:
         try:
             a, aaaa = await gatherResults(
                 [self._resolver.query(name, dns.rdatatype.A),
@@ -278,6 +289,7 @@ class DaneEvaluator:
             reason = error.getErrorMessage() if error is not None else str(e)
             if error is not None and error.check(ValueError):
                 return HostEvidence(name, preference, NO_ADDRESS, error="not a resolvable name")
+            errors.append(error.value if error is not None else e)
             return HostEvidence(name, preference, INDETERMINATE, error=reason)
         ttls.extend((a.ttl, aaaa.ttl))
         found = [ans for ans in (a, aaaa) if ans.exists]
@@ -293,6 +305,7 @@ class DaneEvaluator:
             try:
                 answer = await self._resolver.query(tlsa_name, dns.rdatatype.TLSA)
             except DNSError as e:
+                errors.append(e)
                 return HostEvidence(name, preference, INDETERMINATE, True, tlsa_name,
                                     error="TLSA lookup failed: %s" % (e,))
             except ValueError:
@@ -314,9 +327,7 @@ class DaneEvaluator:
                                 if answer.malformed else None)
         return HostEvidence(name, preference, NO_TLSA, True)
 
-    def _temp(self, domain: str, now: float, reason: str) -> DaneState:
-        self._log.warn("DANE evaluation of {domain} failed: {reason}; answering TEMP",
-                       domain=domain, reason=reason)
+    def _temp(self, now: float, reason: str) -> DaneState:
         return DaneState(TEMP, reason, None, False, (), now, now + self._ttl_min)
 
     def _done(self, now: float, ttls: list[int], status: str, reason: str,

@@ -7,7 +7,8 @@ for the policy when the record's id says the cached policy is stale.  The
 cache rules live here and only here: the policy lives for C{max_age} after
 its last successful fetch, a new id means a refetch, a failed fetch backs off
 for at least five minutes per id, and a failed discovery keeps the cached
-policy.
+policy.  A resolver that cannot answer is logged once per outage
+(L{ResolverOutage}), not once per cached domain.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any, Protocol
 import dns.rdatatype
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from mxpolicyd.outage import ResolverOutage, resolver_kind
 from mxpolicyd.fetch import FetchError
 from mxpolicyd.resolver import DNSError, clamp
 from mxpolicyd.state import StsState
@@ -61,6 +63,7 @@ class StsEvaluator:
         self._ttl_min = ttl_min
         self._ttl_max = ttl_max
         self._retry = retry_interval
+        self._outage = ResolverOutage(clock, self._log, "MTA-STS discoveries")
 
     def evaluate(
         self, domain: str, prior: StsState | None, trace: Trace | None = None
@@ -86,11 +89,22 @@ class StsEvaluator:
         except DNSError as e:
             # Discovery failed: the cached policy, if any, still applies.
             note({"step": "txt", "name": name, "error": str(e)})
-            self._log.warn(
-                "MTA-STS discovery for {domain} failed ({error}); {action}",
+            # A resolver that cannot answer logs once per outage; a failure
+            # that is about this domain (a CNAME loop) once per discovery.
+            kind = resolver_kind([e])
+            kept = prior.active_policy(now) is not None
+            level, outage = (
+                self._outage.failed(kind, "keep a cached policy" if kept else "find no policy")
+                if kind is not None
+                else (LogLevel.warn, "")
+            )
+            self._log.emit(
+                level,
+                "MTA-STS discovery for {domain} failed ({error}); {action}{outage}",
                 domain=domain,
                 error=str(e),
                 action=self._keeping(prior, now),
+                outage=outage,
             )
             return replace(
                 prior,
@@ -99,6 +113,7 @@ class StsEvaluator:
                 failure="TXT lookup failed: %s" % (e,),
             )
 
+        self._outage.answered(domain)
         due = now + clamp(answer.ttl, self._ttl_min, self._ttl_max)
         strings = [tuple(r.strings) for r in answer.records]
         note(

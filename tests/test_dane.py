@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
 import dns.rcode
 import dns.rdatatype
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.dane import (
@@ -340,3 +342,135 @@ class GraceTests(SynchronousTestCase):
     def test_no_prior(self) -> None:
         """With nothing known before, an indeterminate check is TEMP."""
         self.assertEqual(self.successResultOf(self.evaluator.evaluate(D)).status, TEMP)
+
+
+class DaneLogTests(SynchronousTestCase):
+    """What a failed DANE evaluation logs: the action taken, once per resolver outage."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.dns = FakeResolver()
+        self.evaluator = DaneEvaluator(self.clock, self.dns, grace=3600)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def secure(self, domain: str) -> DaneState:
+        """A dane-only domain, evaluated and cached now."""
+        mx = "mx." + domain
+        self.dns.answers[(domain, MX)] = answer(domain, MX, "10 %s." % mx)
+        self.dns.answers[(mx, A)] = answer(mx, A, "192.0.2.1")
+        self.dns.answers[(mx, AAAA)] = empty(mx, AAAA)
+        self.dns.answers[("_25._tcp." + mx, TLSA)] = answer("_25._tcp." + mx, TLSA, GOOD)
+        return self.successResultOf(self.evaluator.evaluate(domain))
+
+    def lines(self, level: LogLevel) -> list[str]:
+        return [formatEvent(e) for e in self.events
+                if e.get("log_level") == level
+                and str(e.get("log_namespace", "")).startswith("mxpolicyd.dane")]
+
+    def test_kept_result_logged_as_kept(self) -> None:
+        """An indeterminate re-check within the grace says it keeps the old result, and until when."""
+        prior = self.secure(D)
+        self.dns.fail(D, MX, "timeout")
+        self.clock.advance(100)
+        state = self.successResultOf(self.evaluator.evaluate(D, prior))
+        self.assertEqual(state.status, DANE_ONLY)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("DANE evaluation of example.test failed: MX lookup failed", warning)
+        self.assertIn("keeping the dane-only result of 1970-01-01 00:16:40 UTC "
+                      "until 1970-01-01 01:16:40 UTC at the latest", warning)
+        self.assertNotIn("TEMP", warning)
+
+    def test_temp_logged_as_temp(self) -> None:
+        """Past the grace the same failure says it answers TEMP, and keeps nothing."""
+        prior = self.secure(D)
+        self.dns.fail(D, MX, "timeout")
+        self.clock.advance(3600)
+        state = self.successResultOf(self.evaluator.evaluate(D, prior))
+        self.assertEqual(state.status, TEMP)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("answering TEMP", warning)
+        self.assertNotIn("keeping", warning.split("; further DNS")[0])
+
+    def test_outage_warns_once(self) -> None:
+        """A dead resolver: one warning for 50 failed re-checks, the rest at debug, one info line when DNS answers."""
+        domains = ["d%d.test" % i for i in range(50)]
+        priors = {d: self.secure(d) for d in domains}
+        del self.events[:]
+        for d in domains:
+            self.dns.fail(d, MX, "timeout")
+        self.clock.advance(60)
+        for d in domains:
+            self.assertEqual(self.successResultOf(
+                self.evaluator.evaluate(d, priors[d])).status, DANE_ONLY)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("d0.test", warning)
+        self.assertIn("further DNS timeout failures that keep a cached result "
+                      "are logged at debug", warning)
+        debug = self.lines(LogLevel.debug)
+        self.assertEqual(len(debug), 49)
+        self.assertIn("DANE evaluation of d49.test failed", debug[-1])
+        self.assertIn("keeping the dane-only result", debug[-1])
+        self.assertEqual(self.lines(LogLevel.info), [])
+
+        self.secure("back.test")
+        [recovered] = self.lines(LogLevel.info)
+        self.assertIn("DNS answers again (back.test resolved) after 50 failed DANE "
+                      "evaluations since 1970-01-01 00:17:40 UTC (DNS timeout)", recovered)
+        # The outage is over: the next failure is news again.
+        self.successResultOf(self.evaluator.evaluate("d0.test", priors["d0.test"]))
+        self.assertEqual(len(self.lines(LogLevel.warn)), 2)
+
+    def test_first_temp_of_outage_warns(self) -> None:
+        """During an outage the first domain answered TEMP gets its own warning; later ones debug."""
+        prior = self.secure(D)
+        for d in (D, "new1.test", "new2.test"):
+            self.dns.fail(d, MX, "servfail")
+        self.successResultOf(self.evaluator.evaluate(D, prior))
+        self.successResultOf(self.evaluator.evaluate("new1.test"))
+        self.successResultOf(self.evaluator.evaluate("new2.test"))
+        warnings = self.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("keeping the dane-only result", warnings[0])
+        self.assertIn("DANE evaluation of new1.test failed", warnings[1])
+        self.assertIn("answering TEMP", warnings[1])
+        self.assertIn("SERVFAIL failures that answer TEMP", warnings[1])
+        [debug] = self.lines(LogLevel.debug)
+        self.assertIn("new2.test", debug)
+
+    def test_lone_failure_no_recovery_line(self) -> None:
+        """One failure, then answers: the warning alone, no recovery line."""
+        self.dns.fail("bogus.test", MX, "servfail")
+        self.successResultOf(self.evaluator.evaluate("bogus.test"))
+        self.secure(D)
+        self.successResultOf(self.evaluator.evaluate("bogus.test"))
+        self.assertEqual(len(self.lines(LogLevel.warn)), 2)
+        self.assertEqual(self.lines(LogLevel.info), [])
+
+    def test_domain_failures_warn_each_time(self) -> None:
+        """Failures about the domain (CNAME loop, too many MX hosts) warn every time."""
+        evaluator = DaneEvaluator(self.clock, self.dns, max_hosts=1)
+        self.dns.fail("loop.test", MX, "cname-loop")
+        self.dns.answers[("many.test", MX)] = answer(
+            "many.test", MX, "10 mx1.many.test.", "20 mx2.many.test.")
+        for _ in range(3):
+            for d in ("loop.test", "many.test"):
+                self.assertEqual(self.successResultOf(evaluator.evaluate(d)).status, TEMP)
+        warnings = self.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 6)
+        self.assertIn("CNAME loop", warnings[0])
+        self.assertIn("2 MX hosts, more than the 1 evaluated", warnings[1])
+        self.assertEqual(self.lines(LogLevel.debug), [])
+
+    def test_host_failure_counts_as_outage(self) -> None:
+        """A host's address timeout with the MX answered joins the outage like an MX timeout."""
+        for d in ("h1.test", "h2.test"):
+            self.dns.answers[(d, MX)] = answer(d, MX, "10 mx.%s." % d)
+            self.dns.fail("mx." + d, A, "timeout")
+            self.assertEqual(self.successResultOf(self.evaluator.evaluate(d)).status, TEMP)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("DNSSEC lookup for MX host mx.h1.test failed", warning)
+        self.assertEqual(len(self.lines(LogLevel.debug)), 1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.fetch import FetchError
@@ -225,3 +228,83 @@ class StsEvaluatorTests(SynchronousTestCase):
         self.assertIsNone(state.policy)
         self.assertIsNone(state.failure)
         self.assertEqual(self.fetcher.fetches, [])
+
+
+class StsLogTests(SynchronousTestCase):
+    """What a failed discovery logs: once per resolver outage, per domain when it is the domain's."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.resolver = FakeResolver()
+        self.fetcher = FakeFetcher()
+        self.evaluator = StsEvaluator(self.clock, self.resolver, self.fetcher)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def cached(self, domain: str) -> StsState:
+        """A domain with an enforce policy, fetched now."""
+        self.resolver.answers[("_mta-sts." + domain, TXT)] = txt("v=STSv1; id=one")
+        self.fetcher.bodies[domain] = policy("enforce")
+        return self.successResultOf(self.evaluator.evaluate(domain, None))
+
+    def lines(self, level: LogLevel) -> list[str]:
+        return [formatEvent(e) for e in self.events
+                if e.get("log_level") == level
+                and str(e.get("log_namespace", "")).startswith("mxpolicyd.mtasts")]
+
+    def test_outage_warns_once(self) -> None:
+        """30 TXT timeouts while cached policies are kept: one warning, 29 debug lines, one recovery line."""
+        domains = ["d%d.test" % i for i in range(30)]
+        priors = {d: self.cached(d) for d in domains}
+        del self.events[:]
+        for d in domains:
+            self.resolver.fail("_mta-sts." + d)
+        self.clock.advance(600)
+        for d in domains:
+            state = self.successResultOf(self.evaluator.evaluate(d, priors[d]))
+            self.assertEqual(state.policy, priors[d].policy)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("MTA-STS discovery for d0.test failed", warning)
+        self.assertIn("keeping the cached enforce policy", warning)
+        self.assertIn("further DNS timeout failures that keep a cached policy", warning)
+        debug = self.lines(LogLevel.debug)
+        self.assertEqual(len(debug), 29)
+        self.assertIn("MTA-STS discovery for d29.test failed", debug[-1])
+        self.assertEqual(self.lines(LogLevel.info), [])
+
+        self.resolver.answers[("_mta-sts.d0.test", TXT)] = txt("v=STSv1; id=one")
+        self.successResultOf(self.evaluator.evaluate("d0.test", priors["d0.test"]))
+        [recovered] = self.lines(LogLevel.info)
+        self.assertIn("DNS answers again (d0.test resolved) after 30 failed MTA-STS "
+                      "discoveries", recovered)
+
+    def test_first_uncached_failure_warns(self) -> None:
+        """In an outage, the first domain left without a policy gets its own warning."""
+        prior = self.cached(D)
+        for d in (D, "new1.test", "new2.test"):
+            self.resolver.fail("_mta-sts." + d)
+        self.successResultOf(self.evaluator.evaluate(D, prior))
+        self.successResultOf(self.evaluator.evaluate("new1.test", None))
+        self.successResultOf(self.evaluator.evaluate("new2.test", None))
+        warnings = self.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("MTA-STS discovery for new1.test failed", warnings[1])
+        self.assertIn("no cached policy, treating as no MTA-STS", warnings[1])
+        self.assertEqual(len(self.lines(LogLevel.debug)), 1)
+
+    def test_domain_failures_warn_each_time(self) -> None:
+        """A CNAME loop and a failed policy fetch are the domain's: a warning every time."""
+        for _ in range(3):
+            self.resolver.fail("_mta-sts.loop.test", kind="cname-loop")
+            self.successResultOf(self.evaluator.evaluate("loop.test", None))
+        for d in ("nohost1.test", "nohost2.test"):
+            self.resolver.answers[("_mta-sts." + d, TXT)] = txt("v=STSv1; id=one")
+            self.successResultOf(self.evaluator.evaluate(d, None))
+        warnings = self.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 5)
+        self.assertEqual(len([w for w in warnings if "loop.test failed" in w]), 3)
+        self.assertIn("MTA-STS policy fetch for nohost2.test (id one) failed", warnings[-1])
+        self.assertEqual(self.lines(LogLevel.debug), [])

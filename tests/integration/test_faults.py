@@ -38,8 +38,7 @@ from .case import IntegrationTestCase
 from .daemon import Daemon
 from .pki import Pair
 from .scenarios import enforce_answer, mx_of, policy
-from .servers import free_port, wait_until
-from .test_redis_fleet import REDIS_CLI, REDIS_SERVER, RedisServer
+from .servers import REDIS_CLI, REDIS_SERVER, RedisServer, free_port, wait_until
 from .world import World
 
 pytestmark = pytest.mark.integration

@@ -6,13 +6,8 @@ through the lease, and answers from memory while Redis is away.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -21,76 +16,9 @@ from . import scenarios
 from .case import IntegrationTestCase
 from .daemon import Daemon
 from .scenarios import enforce_answer, mx_of, policy
-from .servers import ServerProcess, free_port, wait_until
+from .servers import REDIS_CLI, REDIS_SERVER, RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
-
-REDIS_SERVER = "/usr/bin/redis-server"
-REDIS_CLI = "/usr/bin/redis-cli"
-
-
-class RedisServer:
-    """redis-server on 127.0.0.1 at a free port, in the foreground, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.port = free_port()
-        self.endpoint = f"tcp:127.0.0.1:{self.port}"
-        self.server = ServerProcess(
-            "redis-server",
-            [
-                REDIS_SERVER,
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--dir", str(directory),
-                "--logfile", "",
-            ],
-            directory / "redis.log",
-        )
-
-    def start(self) -> None:
-        self.server.start()
-
-        def up() -> bool:
-            self.server.check_running()
-            try:
-                return self.cli("PING") == "PONG"
-            except subprocess.SubprocessError:
-                return False
-
-        wait_until(up, 10.0, f"redis-server on port {self.port}")
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def cli(self, *args: str) -> str:
-        """``redis-cli --raw ARGS``: the reply as text (empty for nil)."""
-        r = subprocess.run(
-            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), "--raw", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return r.stdout.rstrip("\n")
-
-    def state(self, key: str) -> dict[str, Any] | None:
-        """The stored JSON value of a domain key, if any."""
-        text = self.cli("GET", key)
-        return json.loads(text) if text else None
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """SIGSTOP: connections stay open but nothing is answered until the block ends."""
-        self.server.signal_group(signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            self.server.signal_group(signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
