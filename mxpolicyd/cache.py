@@ -13,6 +13,7 @@ domain asked for before its batch arrives is read from the store on its own.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -26,11 +27,15 @@ from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mxpolicyd.admin import AdminPolicy
+from mxpolicyd.judge import HELD, MINIMUM, OVERRIDE, WARNED, WITHDRAWN, judge, remember
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.state import DomainState
 from mxpolicyd.store import Store, Stored
 from mxpolicyd.verdict import Action, Verdict, decide
 from mxpolicyd.verdict import pending as no_policy_yet
+
+NO_ADMIN = AdminPolicy()
 
 # How strong a verdict is, for downgrade detection; TEMP is not a verdict
 # about the domain but about the DNS, and is never compared.
@@ -56,22 +61,29 @@ class Entry:
         "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresh_at",
     )
 
-    def __init__(self, domain: str, state: DomainState, now: float, used_at: float) -> None:
+    def __init__(self, domain: str, state: DomainState, now: float, used_at: float,
+                 admin: AdminPolicy = NO_ADMIN) -> None:
         self.domain = domain
         self.used_at = used_at
         # The refresher's bookkeeping: the second it is scheduled for.
         self.refresh_at = 0
-        self.update(state, now)
+        self.update(state, now, admin)
 
-    def update(self, state: DomainState, now: float) -> None:
+    def update(self, state: DomainState, now: float, admin: AdminPolicy = NO_ADMIN) -> None:
         self.state = state
         self.verdict: Verdict = decide(self.domain, state, now)
         self.due_at = state.due_at
         self.changes_at = state.changes_at(now)
+        if not admin.neutral:
+            self.verdict, until = judge(self.verdict, state, admin, now)
+            if until < self.changes_at:
+                self.changes_at = until
 
 
 class PolicyCache:
     _log = Logger()
+    # The administrator's policy (set_admin); every verdict is judged by it.
+    _admin: AdminPolicy = NO_ADMIN
 
     def __init__(
         self,
@@ -189,7 +201,10 @@ class PolicyCache:
         return run(batches()).whenDone().addCallback(done)
 
     def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
-        entry = self._entries[domain] = Entry(domain, state, now, used_at)
+        entry = self._entries[domain] = Entry(domain, state, now, used_at, self._admin)
+        if entry.verdict.note is not None:
+            # Quiet while the store is read: those were logged before the restart.
+            self._judged(entry, None, log=self.loaded)
         for listener in self._settled:
             listener(entry)
         return entry
@@ -209,7 +224,9 @@ class PolicyCache:
         if now >= entry.due_at:
             self.revalidate(domain)
         if now >= entry.changes_at:
-            entry.update(entry.state, now)
+            before = entry.verdict
+            entry.update(entry.state, now, self._admin)
+            self._judged(entry, before)
             self._changed(domain)
         return entry
 
@@ -321,6 +338,55 @@ class PolicyCache:
         self._changed(domain)
         return True
 
+    @property
+    def admin(self) -> AdminPolicy:
+        return self._admin
+
+    def now(self) -> float:
+        """The cache's clock, for what describes its entries."""
+        return self._clock.seconds()
+
+    def set_admin(self, admin: AdminPolicy) -> None:
+        """
+        Judge by this administrator's policy from now on (start-up, reload).
+
+        Entries are re-decided lazily: each one's change time is reset, so
+        the next lookup (which the memo then lets through) re-decides it,
+        and an idle domain costs nothing.
+        """
+        if admin == self._admin:
+            return
+        self._admin = admin
+        for entry in self._entries.values():
+            entry.changes_at = 0.0
+
+    def acknowledge(self, domain: str) -> Entry | None:
+        """
+        Accept a domain's current evidence as its policy from now on: the
+        downgrade memory becomes what the evidence shows, and a held
+        downgrade is released.
+        """
+        entry = self._entries.get(domain)
+        if entry is None:
+            return None
+        now = self._clock.seconds()
+        evidence = decide(domain, entry.state, now)
+        if evidence.action is Action.TEMP:
+            return None
+        memory, _ = remember(None, evidence, entry.state, self._admin, now)
+        previous = entry.state.best
+        self._log.info(
+            "Administrator acknowledged the policy of {domain}: remembering {now} "
+            "(was {before})",
+            domain=domain,
+            now=memory.action if memory is not None else "nothing",
+            before=previous.action if previous is not None else "nothing",
+        )
+        self._apply(entry, replace(entry.state, best=memory))
+        if self._store is not None:
+            self._store.put(domain, entry.state, entry.used_at)
+        return entry
+
     def _wait(self, domain: str, d: Deferred[Entry], deadline: float) -> Deferred[Verdict]:
         result: Deferred[Verdict] = Deferred(lambda _: d.cancel())
 
@@ -330,7 +396,7 @@ class PolicyCache:
                 result.callback(entry.verdict)
 
         def late() -> None:
-            verdict = self._pending(domain)
+            verdict = self._judge_pending(domain)
             self._log.info(
                 "First evaluation of {domain} still running after {deadline} s; "
                 "answering {action} meanwhile ({rule})",
@@ -380,12 +446,13 @@ class PolicyCache:
                 domain=domain,
             )
             if entry is None:
-                entry = Entry(domain, DomainState(), now, now)
+                entry = Entry(domain, DomainState(), now, now, self._admin)
             else:
                 for listener in self._settled:
                     listener(entry)
         else:
             self._count(result)
+            result = self._remember(domain, entry, result, now)
             if entry is None:
                 entry = self._insert(domain, result, now, now)
                 self._changed(domain)
@@ -400,8 +467,9 @@ class PolicyCache:
     def _apply(self, entry: Entry, state: DomainState) -> None:
         now = self._clock.seconds()
         before = entry.verdict
-        entry.update(state, now)
+        entry.update(state, now, self._admin)
         after = entry.verdict
+        self._judged(entry, before)
         if before.action is not after.action:
             weaker = STRENGTH.get(after.action, 99) < STRENGTH.get(before.action, -1)
             if weaker:
@@ -421,6 +489,74 @@ class PolicyCache:
         for listener in self._settled:
             listener(entry)
 
+    def _judge_pending(self, domain: str) -> Verdict:
+        """The pending answer, by the administrator's policy too (minimums)."""
+        verdict, _ = judge(self._pending(domain), None, self._admin, self._clock.seconds())
+        return verdict
+
+    def _remember(self, domain: str, entry: Entry | None, state: DomainState,
+                  now: float) -> DomainState:
+        """Carry the downgrade memory into a newly evaluated state."""
+        prior = entry.state.best if entry is not None else None
+        if prior is None and self._admin.downgrade == "off":
+            return state
+        evidence = decide(domain, state, now)
+        best, outcome = remember(prior, evidence, state, self._admin, now)
+        if outcome == WITHDRAWN and prior is not None:
+            self._metrics.guard.inc(WITHDRAWN)
+            self._log.info(
+                "The {before} policy of {domain} was withdrawn by the domain ({rule}); "
+                "accepted as a legitimate change, remembering {after} from now",
+                before=prior.action, domain=domain, rule=evidence.rule,
+                after=best.action if best is not None else "nothing",
+            )
+        return state if best is state.best else replace(state, best=best)
+
+    def _judged(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:
+        """Log and count what the administrator's policy changed, once per change."""
+        after = entry.verdict
+        note = after.note
+        was = before.note if before is not None else None
+        if note == was:
+            return
+        metrics = self._metrics
+        if note is not None and note.kind == OVERRIDE:
+            rule = after.override
+            if rule is not None and rule.exempt:
+                metrics.overrides.inc("exempt")
+            elif rule is not None:
+                if rule.postfix is not None:
+                    metrics.overrides.inc("postfix")
+                if rule.exim is not None:
+                    metrics.overrides.inc("exim")
+        elif note is not None and note.kind == MINIMUM:
+            metrics.minimums.inc()
+            if log:
+                self._log.warn("{domain} answered TEMP: {rule}", domain=entry.domain,
+                               rule=after.rule)
+        elif note is not None and note.kind in (WARNED, HELD):
+            metrics.guard.inc(note.kind)
+            best = entry.state.best
+            if log and best is not None:
+                evidence = decide(entry.domain, entry.state, self._clock.seconds())
+                self._log.warn(
+                    "Policy of {domain} weakened from {before} to {after} ({rule}); {what}",
+                    domain=entry.domain,
+                    before=best.action,
+                    after=evidence.action.value,
+                    rule=evidence.rule,
+                    what="policy.downgrade = warn: mail goes out with the weaker policy"
+                    if note.kind == WARNED else
+                    'policy.downgrade = enforce: answering TEMP until an administrator '
+                    'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
+                    .format(entry.domain, best.action,
+                            _date(best.seen_at + self._admin.memory)),
+                )
+        if log and was is not None and was.kind == HELD and (
+                note is None or note.kind != HELD):
+            self._log.info("Downgrade hold for {domain} ended; answering {action} ({rule})",
+                           domain=entry.domain, action=after.action.value, rule=after.rule)
+
     def _count(self, state: DomainState) -> None:
         metrics = self._metrics
         metrics.evaluations.inc()
@@ -437,6 +573,10 @@ class PolicyCache:
     def _changed(self, domain: str) -> None:
         for listener in self._listeners:
             listener(domain)
+
+
+def _date(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _checked(state: DomainState) -> float:

@@ -237,8 +237,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from twisted.internet import task
 
+    from mxpolicyd.judge import administration, judge
     from mxpolicyd.tap import build_evaluator
-    from mxpolicyd.verdict import postfix_reply, decide
+    from mxpolicyd.verdict import decide, exim_reply, postfix_reply
 
     config = _load(args)
     domain = normalise(args.domain.encode("utf-8"))
@@ -258,15 +259,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
         evaluator = build_evaluator(config, reactor)
         trace: list[dict[str, Any]] = []
         state = await evaluator.evaluate(domain, None, trace)
-        verdict = decide(domain, state, reactor.seconds())
+        now = reactor.seconds()
+        evidence = decide(domain, state, now)
+        # The administrator's policy as the daemon applies it; the downgrade
+        # memory lives in the daemon's store, so it is not consulted here.
+        verdict, _ = judge(evidence, state, config.admin, now)
         profile = config.profiles.get(args.map) or config.profiles["postfix"]
         reply = postfix_reply(verdict, profile).decode("ascii")
-        policy = verdict.policy or state.sts.policy
+        policy = evidence.policy or state.sts.policy
         outcome.update(
             domain=domain,
             action=verdict.action.value,
             rule=verdict.rule,
             postfix=reply.strip(),
+            exim=exim_reply(verdict).decode("ascii").strip(),
+            admin=dict(administration(evidence, state, verdict, config.admin, now),
+                       memory_consulted=False),
             map=profile.name,
             mta_sts={
                 "record": state.sts.record,
@@ -324,9 +332,54 @@ def _print_explain(result: dict[str, Any], as_json: bool) -> None:
                     "usable" if t["usable"] else "unusable"))
             if host["error"]:
                 print("            %s" % host["error"])
+    admin = result.get("admin")
+    if admin:
+        _print_admin(admin)
     print("rule:    %s" % result["rule"])
     print("verdict: %s" % result["action"])
     print("postfix: %s" % result["postfix"])
+    if admin and (admin.get("override") or admin.get("note")):
+        print("exim:    %s" % result["exim"])
+
+
+def _print_admin(admin: dict[str, Any]) -> None:
+    """The administrator's policy for one domain (explain, cache show)."""
+    if admin.get("mx_level") is None:
+        print("levels:  unknown (the evidence is TEMP)")
+    else:
+        print("levels:  MX %s, TLS %s (evidence: %s)" % (
+            admin["mx_level"], admin["tls_level"], admin["evidence"]))
+    minimum = admin["minimum"]
+    if minimum["mx"] != "none" or minimum["tls"] != "none":
+        print("minimum: MX %s (%s), TLS %s (%s)" % (
+            minimum["mx"], minimum["mx_key"], minimum["tls"], minimum["tls_key"]))
+    override = admin.get("override")
+    if override:
+        forced = "exempt" if override.get("exempt") else ", ".join(
+            "%s %s" % (k, override[k]) for k in ("postfix", "exim") if k in override)
+        print("override: %s: %s%s%s" % (
+            override["entry"], forced,
+            " (and subdomains)" if override.get("subdomains") else "",
+            " until %s" % override["expires"] if override.get("expires") else ""))
+    remembered = admin.get("remembered")
+    if remembered:
+        print("memory:  %s, last seen %s, remembered until %s (policy.downgrade = %s)" % (
+            remembered["action"], _utc(remembered["seen_at"]), _utc(remembered["until"]),
+            admin["downgrade"]))
+    elif admin.get("memory_consulted") is False:
+        if admin.get("downgrade") not in (None, "off"):
+            print("memory:  not consulted: explain evaluates afresh; the daemon's "
+                  "remembered verdict is in: mxpolicyd cache show DOMAIN")
+    elif admin.get("downgrade") not in (None, "off"):
+        print("memory:  nothing remembered (policy.downgrade = %s)" % admin["downgrade"])
+    if admin.get("held"):
+        print("held:    yes: %s" % admin["note"])
+    elif admin.get("note") and admin.get("note_kind") != "override":
+        print("note:    %s" % admin["note"])
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def control_request(path: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
@@ -380,8 +433,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     elif args.action == "forget":
         print("%s: %s" % (reply["domain"], "forgotten" if reply["forgotten"] else "was not cached"))
     else:
+        if args.action == "ack":
+            print("%s: acknowledged" % reply["domain"])
         print("domain:  %s" % reply["domain"])
         print("verdict: %s (%s)" % (reply["action"], reply["rule"]))
+        if "evidence" in reply:
+            _print_admin(reply)
         for key in ("due_at", "used_at"):
             if reply.get(key):
                 print("%-8s %s" % (key.split("_")[0] + ":",
@@ -413,6 +470,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         print("  store:     %s" % config.store_path)
     print("  resolver:  %s" % (", ".join(config.dns.nameservers) or "from /etc/resolv.conf"))
+    admin = config.admin
+    print("  policy:    minimum MX level %s, TLS level %s; downgrade %s" % (
+        admin.min_mx_level, admin.min_tls_level, admin.downgrade))
+    if admin.rules:
+        print("  domains:   %s" % ", ".join(
+            r.key for r in sorted(admin.rules.values(), key=lambda r: r.domain)))
+    for warning in admin.warnings(time.time()):
+        print("mxpolicyd: warning: %s" % (warning,), file=sys.stderr)
     return EXIT_FOUND
 
 
@@ -483,8 +548,11 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_explain)
 
     k = sub.add_parser("cache", parents=[common],
-                       help="list, show, refresh or forget cached domains in the running daemon")
-    k.add_argument("action", choices=["list", "show", "refresh", "forget"])
+                       help="list, show, refresh, forget or acknowledge (ack) cached "
+                       "domains in the running daemon")
+    k.add_argument("action", choices=["list", "show", "refresh", "forget", "ack"],
+                   help="ack DOMAIN accepts the domain's current (weaker) policy: "
+                   "a downgrade held by policy.downgrade = enforce is released")
     k.add_argument("domain", nargs="?")
     k.add_argument("--limit", type=int, default=1000, help="list at most this many")
     k.add_argument("--socket", metavar="PATH", help="control socket (default: control.socket)")

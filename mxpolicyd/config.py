@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from mxpolicyd.admin import AdminPolicy, parse_admin
+
 DEFAULT_PATH = "/etc/mxpolicyd/mxpolicyd.toml"
 DEFAULT_LISTEN = ("tcp:8461:interface=127.0.0.1",)
 
@@ -141,6 +143,8 @@ class Config:
         default_factory=lambda: dict(BUILTIN_PROFILES)
     )
     source: str = "(defaults)"
+    # [policy] and the [domain."..."] tables: the administrator's policy.
+    admin: AdminPolicy = field(default_factory=AdminPolicy)
 
     @property
     def store_path(self) -> str:
@@ -225,6 +229,11 @@ class _Section:
     def table(self, name: str) -> _Section:
         self._seen.add(name)
         return _Section(self._source, self._key(name), self._table.get(name, {}))
+
+    def entry(self, name: str, path: str) -> _Section:
+        """A table under a quoted key, named in errors as C{path}."""
+        self._seen.add(name)
+        return _Section(self._source, path, self._table.get(name, {}))
 
     def finish(self) -> None:
         unknown = sorted(set(self._table) - self._seen)
@@ -467,6 +476,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         )
         one.finish()
     pr.finish()
+    admin = parse_admin(top)
     top.finish()
 
     return Config(
@@ -483,6 +493,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         store=store,
         profiles=profiles,
         source=source,
+        admin=admin,
     )
 
 
@@ -507,7 +518,7 @@ def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
     directory = os.path.join(os.path.dirname(path), "conf.d")
     fragments = sorted(Path(directory).glob("*.toml")) if os.path.isdir(directory) else []
     for fragment in fragments:
-        data = _merged(data, _read(str(fragment)))
+        data = _merged_config(data, _read(str(fragment)))
         config = parse(data, str(fragment), environ)
     if fragments:
         names = ", ".join(os.path.join("conf.d", f.name) for f in fragments)
@@ -523,6 +534,22 @@ def _read(path: str) -> dict[str, Any]:
         raise ConfigError("%s: cannot read: %s" % (path, e.strerror)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("%s: not valid TOML: %s" % (path, e)) from None
+
+
+def _merged_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    L{_merged}, except that a C{[domain."..."]} entry is replaced as a
+    whole: a fragment's entry for a domain is the administrator's whole
+    decision for it, never half of one mixed with an earlier file's.
+    """
+    out = _merged({k: v for k, v in base.items() if k != "domain"},
+                  {k: v for k, v in over.items() if k != "domain"})
+    domains = base.get("domain"), over.get("domain")
+    if isinstance(domains[0], dict) and isinstance(domains[1], dict):
+        out["domain"] = {**domains[0], **domains[1]}
+    elif "domain" in over or "domain" in base:
+        out["domain"] = over["domain"] if "domain" in over else base["domain"]
+    return out
 
 
 def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,15 +22,19 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from mxpolicyd.admin import AdminPolicy
 from mxpolicyd.cache import Entry, PolicyCache
 from mxpolicyd.domain import normalise
+from mxpolicyd.judge import administration
+from mxpolicyd.verdict import decide
 
 
 def _time(value: float) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def describe(entry: Entry, full: bool) -> dict[str, Any]:
+def describe(entry: Entry, full: bool, admin: AdminPolicy | None = None,
+             now: float = 0.0) -> dict[str, Any]:
     """What an administrator sees of one cached domain."""
     verdict = entry.verdict
     data: dict[str, Any] = {
@@ -44,6 +48,9 @@ def describe(entry: Entry, full: bool) -> dict[str, Any]:
         data["state"] = entry.state.to_json()
         if verdict.reason:
             data["reason"] = verdict.reason
+        if admin is not None:
+            evidence = decide(entry.domain, entry.state, now)
+            data.update(administration(evidence, entry.state, verdict, admin, now))
     return data
 
 
@@ -65,19 +72,30 @@ class ControlCommands:
                 "count": len(domains),
                 "domains": [describe(e, False) for e in entries if e is not None],
             }
-        if command in ("show", "refresh", "forget"):
+        if command in ("show", "refresh", "forget", "ack"):
             raw = request.get("domain")
             domain = normalise(raw.encode("utf-8")) if isinstance(raw, str) else None
             if domain is None:
                 return {"error": "not a domain name: %r" % (raw,)}
             return getattr(self, "_" + command)(domain)
-        return {"error": "unknown command %r (list, show, refresh, forget)" % (command,)}
+        return {"error": "unknown command %r (list, show, refresh, forget, ack)"
+                % (command,)}
 
     def _show(self, domain: str) -> dict[str, Any]:
         entry = self._cache.get(domain)
         if entry is None:
             return {"error": "%s is not cached" % domain, "domain": domain}
-        return describe(entry, True)
+        return describe(entry, True, self._cache.admin, self._cache.now())
+
+    def _ack(self, domain: str) -> dict[str, Any]:
+        """Accept the domain's current evidence: a held downgrade is released."""
+        if self._cache.get(domain) is None:
+            return {"error": "%s is not cached" % domain, "domain": domain}
+        if self._cache.acknowledge(domain) is None:
+            return {"error": "the evidence for %s is temporarily unknown (TEMP): nothing "
+                    "to acknowledge yet; try again after a refresh" % domain,
+                    "domain": domain}
+        return dict(self._show(domain), acknowledged=True)
 
     def _forget(self, domain: str) -> dict[str, Any]:
         return {"domain": domain, "forgotten": self._cache.forget(domain)}

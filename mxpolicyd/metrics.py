@@ -123,6 +123,20 @@ class Metrics:
             "Re-evaluations whose verdict was weaker than before.")
         self.reloads = Counter(
             "mxpolicyd_reloads_total", "Configuration reloads, by outcome.", ("outcome",))
+        # The administrator's policy (issue #8), counted when a domain's
+        # answer becomes decided by it, not per lookup: the memoised lookup
+        # path stays free of it.
+        self.overrides = Counter(
+            "mxpolicyd_overrides_total",
+            "Domain answers decided by an administrator's entry, by kind "
+            "(postfix, exim, exempt).", ("kind",))
+        self.minimums = Counter(
+            "mxpolicyd_minimum_temps_total",
+            "Domain answers turned TEMP because the evidence misses a minimum level.")
+        self.guard = Counter(
+            "mxpolicyd_downgrade_guard_total",
+            "Downgrades met by policy.downgrade (warned, held) and policies "
+            "withdrawn by their domain (withdrawn).", ("outcome",))
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -132,7 +146,8 @@ class Metrics:
         lines: list[str] = []
         metrics: list[Counter | Histogram | Gauge] = [
             self.lookups, self.latency, self.cache, self.evaluations,
-            self.failures, self.downgrades, self.reloads, *self.gauges,
+            self.failures, self.downgrades, self.reloads,
+            self.overrides, self.minimums, self.guard, *self.gauges,
         ]
         for metric in metrics:
             lines.extend(metric.render())

@@ -22,7 +22,7 @@ from mxpolicyd.config import Profile
 from mxpolicyd.domain import normalise
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.socketmap import Reply
-from mxpolicyd.verdict import NOTFOUND, Action, Verdict, exim_reply, postfix_reply
+from mxpolicyd.verdict import NOTFOUND, Action, Verdict, exim_action, exim_reply, postfix_reply
 
 
 # The first two bytes of a socketmap reply name its status.
@@ -138,6 +138,6 @@ class EximResponder:
         return self._counted(verdict, started)
 
     def _counted(self, verdict: Verdict, started: float) -> bytes:
-        self._metrics.lookups.inc("exim", verdict.action.value)
+        self._metrics.lookups.inc("exim", exim_action(verdict))
         self._metrics.latency.observe(perf_counter() - started, "exim")
         return exim_reply(verdict)

@@ -96,6 +96,38 @@ _STS_FIELDS: dict[str, Any] = {
 }
 
 
+# The actions the downgrade memory holds, shared by every state that holds one.
+_REMEMBERED = {a: a for a in ("dane-only", "dane", "sts-enforce")}
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """
+    The strongest verdict seen for a domain, for downgrade protection, and
+    when it was last seen at that strength.  Only the verdicts worth
+    protecting are remembered: dane-only, dane and sts-enforce.
+    """
+
+    action: str
+    seen_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "seen_at": self.seen_at}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Remembered:
+        if not isinstance(data, dict):
+            raise ValueError("remembered verdict is not an object")
+        action = _REMEMBERED.get(data.get("action"))  # type: ignore[arg-type]
+        seen_at = data.get("seen_at")
+        if action is None:
+            raise ValueError("remembered verdict has an unknown action %r"
+                             % (data.get("action"),))
+        if isinstance(seen_at, bool) or not isinstance(seen_at, _NUMBER):
+            raise ValueError("remembered verdict has no seen_at time")
+        return cls(action, float(seen_at))
+
+
 @dataclass(frozen=True, slots=True)
 class DomainState:
     """Everything known about one destination domain."""
@@ -103,6 +135,9 @@ class DomainState:
     sts: StsState = field(default_factory=StsState)
     # None: DANE not evaluated (disabled, or a state from before it was on).
     dane: DaneState | None = None
+    # The downgrade memory (policy.downgrade); None when off or nothing
+    # worth protecting was seen.
+    best: Remembered | None = None
 
     @property
     def due_at(self) -> float:
@@ -124,6 +159,8 @@ class DomainState:
         data: dict[str, Any] = {"v": 1, "sts": self.sts.to_json()}
         if self.dane is not None:
             data["dane"] = self.dane.to_json()
+        if self.best is not None:
+            data["best"] = self.best.to_json()
         return data
 
     @classmethod
@@ -131,7 +168,9 @@ class DomainState:
         if not isinstance(data, dict) or data.get("v") != 1:
             raise ValueError("not a version 1 domain state")
         dane = data.get("dane")
+        best = data.get("best")
         return cls(
             sts=StsState.from_json(data.get("sts", {})),
             dane=None if dane is None else DaneState.from_json(dane),
+            best=None if best is None else Remembered.from_json(best),
         )

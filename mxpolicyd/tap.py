@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from mxpolicyd.admin import ExpiryWatch
 from mxpolicyd.cache import PolicyCache
 from mxpolicyd.config import Config, ConfigError, load
 from mxpolicyd.dane import DaneEvaluator
@@ -104,6 +105,8 @@ class Daemon:
     metrics: Metrics
     config: Config
     reactor: Any
+    # Warns about administrator entries that end (issue #8).
+    expiry: ExpiryWatch | None = None
 
     def reload(self, path: str | None) -> bool:
         """
@@ -135,6 +138,10 @@ class Daemon:
                           what=what)
         self.cache.set_evaluator(evaluator, evaluator.pending, config.lookup.deadline)
         self.responder.set_profiles(config.profiles)
+        # After set_profiles dropped the memo: entries re-decide lazily.
+        self.cache.set_admin(config.admin)
+        if self.expiry is not None:
+            self.expiry.set_policy(config.admin)
         if self.refresher is not None:
             self.refresher.window = config.refresh.window
             self.refresher.concurrency = config.refresh.concurrency
@@ -215,8 +222,11 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         metrics=metrics,
     )
     responder = PostfixResponder(reactor, cache, config.profiles, metrics=metrics)
+    cache.set_admin(config.admin)
 
     top = MultiService()
+    expiry = ExpiryWatch(reactor, config.admin)
+    expiry.setServiceParent(top)
     StoreService(
         store, reactor, config.store.flush_interval, stop=stop_store
     ).setServiceParent(top)
@@ -276,4 +286,4 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         listener = StreamServerEndpointService(endpoint, serving)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
-    return Daemon(top, cache, store, responder, refresher, metrics, config, reactor)
+    return Daemon(top, cache, store, responder, refresher, metrics, config, reactor, expiry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mxpolicyd.admin import AdminRule
 from mxpolicyd.config import Profile
 from mxpolicyd.dane import DANE as DANE_SOME
 from mxpolicyd.dane import DANE_ONLY
@@ -31,6 +32,18 @@ class Action(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Note:
+    """
+    What the administrator's policy did to the evidence verdict, for
+    explain and for the cache's logs: C{kind} is one of C{override},
+    C{minimum}, C{warned}, C{held}.
+    """
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What a domain requires, and the rule that said so (for explain)."""
 
@@ -39,6 +52,11 @@ class Verdict:
     rule: str
     policy: StsPolicy | None = None
     reason: str = ""
+    # Set by mxpolicyd.judge: the administrator's entry whose forced
+    # answer the renderers write for its protocols, and what the
+    # administrator's policy changed (None: the evidence verdict as is).
+    override: AdminRule | None = None
+    note: Note | None = None
 
 
 def decide(domain: str, state: DomainState, now: float) -> Verdict:
@@ -98,6 +116,12 @@ NOTFOUND = b"NOTFOUND "
 
 def postfix_reply(verdict: Verdict, profile: Profile) -> bytes:
     """The socketmap reply payload (without netstring framing)."""
+    override = verdict.override
+    if override is not None:
+        if override.exempt:
+            return NOTFOUND
+        if override.postfix is not None:
+            return _ascii("OK " + override.postfix)
     action = verdict.action
     if action is Action.TEMP:
         return b"TEMP " + _ascii(verdict.reason or "policy unknown")
@@ -129,6 +153,9 @@ def exim_reply(verdict: Verdict) -> bytes:
     configuration checks them with one-label semantics itself).  A value
     that may hold spaces is quoted; it never holds a quote or backslash.
     """
+    override = verdict.override
+    if override is not None and (override.exempt or override.exim is not None):
+        return _forced_exim(override)
     action = verdict.action
     words = ["action=" + action.value]
     policy = verdict.policy
@@ -138,6 +165,29 @@ def exim_reply(verdict: Verdict) -> bytes:
     if action is Action.TEMP:
         words.append('reason="%s"' % _quotable(verdict.reason or "policy unknown"))
     words.append('rule="%s"' % _quotable(verdict.rule))
+    return _ascii(" ".join(words)) + b"\n"
+
+
+def exim_action(verdict: Verdict) -> str:
+    """The action Exim is told, a forced one included (for metrics)."""
+    override = verdict.override
+    if override is not None:
+        if override.exempt:
+            return Action.NONE.value
+        if override.exim is not None:
+            return override.exim
+    return verdict.action.value
+
+
+def _forced_exim(override: AdminRule) -> bytes:
+    action = "none" if override.exempt else override.exim
+    words = ["action=%s" % action]
+    if override.mx:
+        words.append('mx="%s"' % ":".join(override.mx))
+    source = override.key + (".exempt" if override.exempt else ".exim")
+    if action == "temp":
+        words.append('reason="%s"' % _quotable("held by the administrator (%s)" % source))
+    words.append('rule="%s"' % _quotable("forced by the administrator (%s)" % source))
     return _ascii(" ".join(words)) + b"\n"
 
 
