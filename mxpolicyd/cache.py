@@ -13,7 +13,6 @@ domain asked for before its batch arrives is read from the store on its own.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -32,6 +31,7 @@ from mxpolicyd.judge import HELD, MINIMUM, OVERRIDE, WARNED, WITHDRAWN, judge, r
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.state import DomainState
 from mxpolicyd.store import Store, Stored
+from mxpolicyd.times import utc
 from mxpolicyd.verdict import Action, Verdict, decide
 from mxpolicyd.verdict import pending as no_policy_yet
 
@@ -550,7 +550,7 @@ class PolicyCache:
                     'policy.downgrade = enforce: answering TEMP until an administrator '
                     'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
                     .format(entry.domain, best.action,
-                            _date(best.seen_at + self._admin.memory)),
+                            utc(best.seen_at + self._admin.memory)),
                 )
         if log and was is not None and was.kind == HELD and (
                 note is None or note.kind != HELD):
@@ -574,9 +574,6 @@ class PolicyCache:
         for listener in self._listeners:
             listener(domain)
 
-
-def _date(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _checked(state: DomainState) -> float:

@@ -33,6 +33,7 @@ from mxpolicyd import __version__
 from mxpolicyd.config import Config, ConfigError, load
 from mxpolicyd.domain import normalise
 from mxpolicyd.socketmap import netstring
+from mxpolicyd.times import utc
 
 EXIT_FOUND = 0
 EXIT_NOTFOUND = 1
@@ -364,7 +365,7 @@ def _print_admin(admin: dict[str, Any]) -> None:
     remembered = admin.get("remembered")
     if remembered:
         print("memory:  %s, last seen %s, remembered until %s (policy.downgrade = %s)" % (
-            remembered["action"], _utc(remembered["seen_at"]), _utc(remembered["until"]),
+            remembered["action"], utc(remembered["seen_at"]), utc(remembered["until"]),
             admin["downgrade"]))
     elif admin.get("memory_consulted") is False:
         if admin.get("downgrade") not in (None, "off"):
@@ -377,9 +378,6 @@ def _print_admin(admin: dict[str, Any]) -> None:
     elif admin.get("note") and admin.get("note_kind") != "override":
         print("note:    %s" % admin["note"])
 
-
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def control_request(path: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
@@ -442,8 +440,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         for key in ("due_at", "used_at"):
             if reply.get(key):
                 print("%-8s %s" % (key.split("_")[0] + ":",
-                                   time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                 time.gmtime(reply[key]))))
+                                   utc(reply[key])))
         print(json.dumps(reply.get("state"), indent=2, sort_keys=True))
     if "error" in reply:
         return EXIT_NOTFOUND if "not cached" in reply["error"] else EXIT_ERROR

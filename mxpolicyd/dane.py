@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
-from mxpolicyd.outage import ResolverOutage, resolver_kind, utc
+from mxpolicyd.outage import ResolverOutage, resolver_kind
 from mxpolicyd.resolver import Answer, DNSError, clamp
+from mxpolicyd.times import utc
 
 # Host states, from the strongest.
 USABLE = "usable"  # secure TLSA, at least one usable record

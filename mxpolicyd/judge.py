@@ -13,7 +13,6 @@ on the memoised lookup path.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -22,6 +21,7 @@ from mxpolicyd.dane import NONE as DANE_NONE
 from mxpolicyd.dane import NO_ADDRESS, UNUSABLE, USABLE
 from mxpolicyd.dane import TEMP as DANE_TEMP
 from mxpolicyd.state import FOREVER, DomainState, Remembered
+from mxpolicyd.times import utc
 from mxpolicyd.verdict import Action, Note, Verdict
 
 
@@ -193,11 +193,11 @@ def judge(
                 verdict, action=Action.TEMP, policy=None, reason=reason,
                 rule="%s (last seen %s) held by policy.downgrade = enforce until "
                 "acknowledged or until %s; the evidence: %s"
-                % (memory.action, _date(memory.seen_at), _date(ages_out), evidence.rule),
+                % (memory.action, utc(memory.seen_at), utc(ages_out), evidence.rule),
                 note=Note(HELD, reason)), until
         verdict = replace(verdict, note=Note(
             WARNED, "%s (%s last seen %s); answered anyway (policy.downgrade = warn)"
-            % (change, memory.action, _date(memory.seen_at))))
+            % (change, memory.action, utc(memory.seen_at))))
 
     mx_min, mx_key, tls_min, tls_key = admin.minimums(rule)
     if evidence.action is Action.TEMP or (mx_min == "none" and tls_min == "none"):
@@ -217,9 +217,6 @@ def judge(
                 note=Note(MINIMUM, reason)), until
     return verdict, until
 
-
-def _date(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def administration(

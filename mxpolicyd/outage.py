@@ -7,13 +7,13 @@ again.  The DANE and MTA-STS evaluators each keep one L{ResolverOutage}.
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from mxpolicyd.resolver import DNSError
+from mxpolicyd.times import utc
 
 
 # DNSError kinds that say the resolver cannot answer (it is gone, refuses,
@@ -49,9 +49,6 @@ def resolver_kind(errors: Sequence[BaseException]) -> str | None:
         return None
     return kinds[0]
 
-
-def utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 class ResolverOutage:
