@@ -7,12 +7,19 @@ evidence behind a verdict is due, the lookup still answers at once and starts
 a background re-check (stale-while-revalidate).  A lookup of an unknown domain
 starts an evaluation and waits for it no longer than the lookup deadline.
 Concurrent evaluations of one domain are coalesced into one, and evaluations
-in flight are bounded.  At start-up the store is read in the background; a
-domain asked for before its batch arrives is read from the store on its own.
+in flight are bounded, and so is the queue waiting for them: beyond it, a new
+domain gets the first-evaluation answer at once.  Domains holding neither an
+unexpired MTA-STS policy nor a DANE verdict are capped in number, the least
+recently used evicted first, so that a flood of junk names costs bounded
+memory; a domain holding a policy is never evicted for room.  At start-up the
+store is read in the background; a domain asked for before its batch arrives
+is read from the store on its own.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -27,6 +34,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxpolicyd.admin import AdminPolicy
+from mxpolicyd.dane import DANE as DANE_SOME
+from mxpolicyd.dane import DANE_ONLY
 from mxpolicyd.judge import HELD, MINIMUM, OVERRIDE, WARNED, WITHDRAWN, judge, remember
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.state import DomainState
@@ -46,6 +55,22 @@ STRENGTH = {
     Action.STS_TESTING: 1,
     Action.NONE: 0,
 }
+
+
+def holds_policy(state: DomainState, now: float) -> bool:
+    """
+    Whether a domain's state is worth its memory whatever the pressure: an
+    unexpired MTA-STS policy (RFC 8461 s5.1 keeps it until it expires;
+    forgetting it would let an attacker who blocks the next fetch downgrade
+    the domain), a DANE verdict, or the downgrade memory.  Anything else,
+    one evaluation learns again.
+    """
+    if state.sts.active_policy(now) is not None or state.best is not None:
+        # A remembered strongest verdict is what downgrade protection
+        # compares with: a flood must not wash it out.
+        return True
+    dane = state.dane
+    return dane is not None and dane.status in (DANE_ONLY, DANE_SOME)
 
 
 class _Evaluator(Protocol):
@@ -96,6 +121,8 @@ class PolicyCache:
         cooperator: Cooperator | None = None,
         lease: float = 60.0,
         metrics: Metrics | None = None,
+        max_negative: int = 100000,
+        max_waiting: int = 1000,
     ) -> None:
         """
         @param pending: what to answer for a domain whose first evaluation
@@ -104,6 +131,12 @@ class PolicyCache:
             default).
         @param lease: how long this daemon holds a domain while it
             re-evaluates it for a fleet sharing the store.
+        @param max_negative: how many domains holding no policy (see
+            L{holds_policy}) stay cached; beyond, the least recently used
+            are evicted, from the store too.
+        @param max_waiting: how many evaluations may wait for one of the
+            C{max_evaluations} slots; beyond, a lookup of a new domain is
+            answered at once as if its first evaluation had run out of time.
         """
         self._lease = lease
         self._metrics = metrics or Metrics()
@@ -124,6 +157,24 @@ class PolicyCache:
         self.loaded = store is None
         self.downgrades = 0
         self.evaluations = 0
+        self._max_negative = max_negative
+        self._max_waiting = max_waiting
+        # Domains holding no policy, least recently queued first, each with
+        # the last use it had when queued: a use since then earns it a second
+        # chance at the back, so eviction follows last use without the hot
+        # path (which only writes Entry.used_at) touching this order.
+        self._negative: OrderedDict[str, float] = OrderedDict()
+        self._evicted: list[Callable[[Entry], None]] = []
+        self.evicted = 0
+        self.shed = 0
+        self._evict_logged = self._shed_logged = -math.inf
+        m = self._metrics
+        m.gauge("mxpolicyd_cached_negative_domains",
+                "Cached domains holding no MTA-STS policy nor DANE verdict.",
+                lambda: len(self._negative))
+        m.gauge("mxpolicyd_evaluations_waiting",
+                "Evaluations waiting for a slot (at most lookup.max_waiting).",
+                lambda: len(self._semaphore.waiting))
 
     def set_evaluator(self, evaluator: _Evaluator, pending: Callable[[str], Verdict],
                       deadline: float) -> None:
@@ -131,6 +182,21 @@ class PolicyCache:
         self._evaluator = evaluator
         self._pending = pending
         self._deadline = deadline
+
+    def set_bounds(self, max_negative: int, max_waiting: int) -> None:
+        """Apply new memory bounds (a reload); a lower cap evicts at once."""
+        self._max_negative = max_negative
+        self._max_waiting = max_waiting
+        self._trim()
+
+    @property
+    def negative(self) -> int:
+        """Cached domains holding no policy: those L{max_negative} counts."""
+        return len(self._negative)
+
+    @property
+    def evaluations_waiting(self) -> int:
+        return len(self._semaphore.waiting)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,6 +217,13 @@ class PolicyCache:
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
         self._listeners.append(listener)
+
+    def on_evicted(self, listener: Callable[[Entry], None]) -> None:
+        """
+        Call C{listener(entry)} when an entry is evicted for room: the
+        refresher drops it from its schedule.
+        """
+        self._evicted.append(listener)
 
     def on_settled(self, listener: Callable[[Entry], None]) -> None:
         """
@@ -195,6 +268,11 @@ class PolicyCache:
 
         def done(_: Any) -> int:
             self.loaded = True
+            # Rows arrive in name order: queue them by last use before
+            # evicting any, then trim to the cap (a store written before
+            # the cap, or under a higher one, may hold more).
+            self._reorder()
+            self._trim()
             return count[0]
 
         run = self._cooperator.cooperate if self._cooperator is not None else cooperate
@@ -207,6 +285,7 @@ class PolicyCache:
             self._judged(entry, None, log=self.loaded)
         for listener in self._settled:
             listener(entry)
+        self._track(entry, now)
         return entry
 
     def current(self, domain: str) -> Entry | None:
@@ -228,6 +307,7 @@ class PolicyCache:
             entry.update(entry.state, now, self._admin)
             self._judged(entry, before)
             self._changed(domain)
+            self._track(entry, now)
         return entry
 
     def lookup(self, domain: str) -> Verdict | Deferred[Verdict]:
@@ -246,7 +326,7 @@ class PolicyCache:
             d.addTimeout(self._deadline, self._clock)
             d.addErrback(self._unreadable, domain)
             return d.addCallback(self._stored, domain, started)
-        return self._wait(domain, self._evaluate(domain), self._deadline)
+        return self._first(domain, self._deadline)
 
     def _unreadable(self, failure: Failure, domain: str) -> None:
         self._log.warn(
@@ -266,11 +346,44 @@ class PolicyCache:
         if entry is not None:
             return entry.verdict
         left = max(0.0, self._deadline - (self._clock.seconds() - started))
-        return self._wait(domain, self._evaluate(domain), left)
+        return self._first(domain, left)
+
+    def _full(self) -> bool:
+        """Whether every slot is taken and max_waiting evaluations wait."""
+        semaphore = self._semaphore
+        return semaphore.tokens <= 0 and len(semaphore.waiting) >= self._max_waiting
+
+    def _first(self, domain: str, deadline: float) -> Verdict | Deferred[Verdict]:
+        """
+        The first evaluation of C{domain}, waited for up to C{deadline};
+        or, with the queue full, the answer for one that ran out of time,
+        at once: queueing more would only grow memory and answer later.
+        """
+        if domain in self._waiting or not self._full():
+            return self._wait(domain, self._evaluate(domain), deadline)
+        self.shed += 1
+        self._metrics.shed.inc()
+        verdict = self._pending(domain)
+        now = self._clock.seconds()
+        if now - self._shed_logged >= 60:
+            self._shed_logged = now
+            self._log.warn(
+                "{waiting} evaluations are waiting for a slot (lookup.max_waiting); "
+                "answering {domain} with {action} at once, unevaluated, as every new "
+                "domain until the queue drains ({count} such answers so far)",
+                waiting=len(self._semaphore.waiting),
+                domain=domain,
+                action=verdict.action.value,
+                count=self.shed,
+            )
+        return verdict
 
     def revalidate(self, domain: str) -> None:
-        """Re-check C{domain} in the background, unless already under way."""
-        if domain not in self._waiting and domain not in self._leasing:
+        """
+        Re-check C{domain} in the background, unless already under way or
+        the queue is full (the refresher, or a later lookup, gets to it).
+        """
+        if domain not in self._waiting and domain not in self._leasing and not self._full():
             self.refresh(domain).addErrback(lambda f: f.trap(CancelledError))
 
     def refresh(self, domain: str) -> Deferred[Entry | None]:
@@ -333,6 +446,7 @@ class PolicyCache:
         entry = self._entries.pop(domain, None)
         if entry is None:
             return False
+        self._negative.pop(domain, None)
         if self._store is not None:
             self._store.delete(domain)
         self._changed(domain)
@@ -488,6 +602,69 @@ class PolicyCache:
         self._changed(entry.domain)
         for listener in self._settled:
             listener(entry)
+        self._track(entry, now)
+
+    def _track(self, entry: Entry, now: float) -> None:
+        """Keep the queue of domains holding no policy current, and capped."""
+        negative = self._negative
+        if holds_policy(entry.state, now):
+            negative.pop(entry.domain, None)
+        elif entry.domain not in negative:
+            negative[entry.domain] = entry.used_at
+            if len(negative) > self._max_negative:
+                self._trim()
+
+    def _trim(self) -> None:
+        """
+        Evict domains holding no policy, least recently used first, down to
+        the cap.  Domains under evaluation are passed over: their result is
+        about to be inserted again.
+        """
+        negative = self._negative
+        if not self.loaded or len(negative) <= self._max_negative:
+            return
+        passed = 0
+        evicted = self.evicted
+        while len(negative) > self._max_negative and passed < len(negative):
+            domain, queued = negative.popitem(last=False)
+            entry = self._entries.get(domain)
+            if entry is None:
+                continue
+            if entry.used_at > queued or domain in self._waiting or domain in self._leasing:
+                negative[domain] = entry.used_at
+                passed += 1
+                continue
+            self._evict(entry)
+        now = self._clock.seconds()
+        if self.evicted > evicted and now - self._evict_logged >= 600:
+            self._evict_logged = now
+            self._log.info(
+                "More cached domains hold no policy than lookup.max_negative ({cap}); "
+                "evicting the least recently used, as each new one arrives ({count} "
+                "evicted so far)",
+                cap=self._max_negative,
+                count=self.evicted,
+            )
+
+    def _evict(self, entry: Entry) -> None:
+        domain = entry.domain
+        del self._entries[domain]
+        # Not kept in the store either: it would come back at the next
+        # start, and the store would grow with every junk name.
+        if self._store is not None:
+            self._store.delete(domain)
+        self.evicted += 1
+        self._metrics.evictions.inc()
+        for listener in self._evicted:
+            listener(entry)
+        self._changed(domain)
+
+    def _reorder(self) -> None:
+        """Queue the domains holding no policy by their last use."""
+        entries = self._entries
+        found = [entries[d] for d in self._negative if d in entries]
+        found.sort(key=lambda e: e.used_at)
+        self._negative = OrderedDict((e.domain, e.used_at) for e in found)
 
     def _judge_pending(self, domain: str) -> Verdict:
         """The pending answer, by the administrator's policy too (minimums)."""

@@ -77,6 +77,12 @@ class MetricsConfig:
 class LookupConfig:
     deadline: float = 2.0
     max_evaluations: int = 100
+    # Cached domains holding no MTA-STS policy and no DANE verdict, at most
+    # (least recently used evicted first): what a flood of junk names costs.
+    max_negative: int = 100000
+    # Evaluations queued for a slot, at most; beyond, a new domain gets the
+    # first-evaluation answer at once.
+    max_waiting: int = 1000
 
 
 @dataclass(frozen=True)
@@ -374,6 +380,11 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
             else "must be between 0 and 90 seconds (Postfix waits 100 s)",
         ),
         max_evaluations=lk.positive("max_evaluations", 100),
+        max_negative=lk.positive("max_negative", 100000),
+        max_waiting=lk.get(
+            "max_waiting", 1000, int,
+            lambda v: None if v >= 0 else "must be 0 or more, not %r" % (v,),
+        ),
     )
     lk.finish()
 

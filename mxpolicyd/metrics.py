@@ -137,6 +137,14 @@ class Metrics:
             "mxpolicyd_downgrade_guard_total",
             "Downgrades met by policy.downgrade (warned, held) and policies "
             "withdrawn by their domain (withdrawn).", ("outcome",))
+        # The cache's bounds (lookup.max_waiting, lookup.max_negative).
+        self.shed = Counter(
+            "mxpolicyd_lookups_shed_total",
+            "Lookups of an uncached domain answered at once, unevaluated, because "
+            "lookup.max_waiting evaluations were already waiting.")
+        self.evictions = Counter(
+            "mxpolicyd_cache_evictions_total",
+            "Cached domains without a policy evicted to stay within lookup.max_negative.")
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -147,7 +155,8 @@ class Metrics:
         metrics: list[Counter | Histogram | Gauge] = [
             self.lookups, self.latency, self.cache, self.evaluations,
             self.failures, self.downgrades, self.reloads,
-            self.overrides, self.minimums, self.guard, *self.gauges,
+            self.overrides, self.minimums, self.guard, self.shed, self.evictions,
+            *self.gauges,
         ]
         for metric in metrics:
             lines.extend(metric.render())

@@ -10,7 +10,9 @@ with one-second buckets, ordered by a heap of bucket times: adding a domain
 and finding the next due ones cost O(log buckets), never a scan of the
 cache.  Refreshes in flight are bounded.  A domain unused for longer than the
 window is not refreshed but evicted, unless it holds an unexpired MTA-STS
-policy, which RFC 8461 says to keep until it expires.  In a fleet sharing a
+policy, which RFC 8461 says to keep until it expires.  A domain the cache
+evicts for room leaves the wheel at once, so that a flood of junk names does
+not linger here until their evidence would have come due.  In a fleet sharing a
 store, a short per-domain lease makes one daemon refresh a domain for all;
 the others adopt its result from the store.
 """
@@ -71,6 +73,7 @@ class Refresher(Service):
         self.evicted = 0
         self.scheduled = 0
         cache.on_settled(self.schedule)
+        cache.on_evicted(self.unschedule)
 
     @property
     def queue_depth(self) -> int:
@@ -113,6 +116,19 @@ class Refresher(Service):
         bucket.append(entry.domain)
         self.scheduled += 1
         self._arm()
+
+    def unschedule(self, entry: Entry) -> None:
+        """Take C{entry} out of the wheel: the cache no longer holds it."""
+        second, entry.refresh_at = entry.refresh_at, 0
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            return
+        try:
+            # One second's domains: a scan in C, rarely more than thousands.
+            bucket.remove(entry.domain)
+        except ValueError:
+            return
+        self.scheduled -= 1
 
     def _arm(self) -> None:
         if not self.running or not self._times or self.in_flight >= self.concurrency:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import resource
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -137,6 +138,7 @@ class Daemon:
                 _log.warn("Reload: {what} changed; restart mxpolicyd to apply it",
                           what=what)
         self.cache.set_evaluator(evaluator, evaluator.pending, config.lookup.deadline)
+        self.cache.set_bounds(config.lookup.max_negative, config.lookup.max_waiting)
         self.responder.set_profiles(config.profiles)
         # After set_profiles dropped the memo: entries re-decide lazily.
         self.cache.set_admin(config.admin)
@@ -207,7 +209,42 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
     return sqlite, pool.stop
 
 
+def raise_open_files_limit(config: Config) -> None:
+    """
+    Raise the soft limit on open files to the hard one, as systemd advises:
+    it starts services with 1024, fewer than socketmap.max_connections and
+    exim.max_connections allow together, and a listener out of descriptors
+    stops accepting.  Say so when even the hard limit falls short.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses more than fs.nr_open, 1048576 by default.
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1048576)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            _log.warn("Cannot raise the limit on open files from {soft} to {target}: "
+                      "{error}", soft=soft, target=target, error=e)
+        else:
+            _log.info("Raised the limit on open files from {soft} to {target}",
+                      soft=soft, target=target)
+            soft = target
+    # Beyond the connections: DNS sockets and policy fetches of the
+    # evaluations in flight, the store, metrics and control listeners.
+    needed = (config.socketmap.max_connections
+              + (config.exim.max_connections if config.exim.listen else 0)
+              + 4 * config.lookup.max_evaluations + 64)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        _log.warn(
+            "The limit on open files ({limit}) is below the {needed} that "
+            "socketmap.max_connections, exim.max_connections and "
+            "lookup.max_evaluations may use; raise LimitNOFILE= (systemd) or "
+            "lower those settings",
+            limit=soft, needed=needed)
+
+
 def make_daemon(config: Config, reactor: Any) -> Daemon:
+    raise_open_files_limit(config)
     evaluator = build_evaluator(config, reactor)
     store, stop_store = make_store(config, reactor)
     metrics = Metrics()
@@ -220,6 +257,8 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         pending=evaluator.pending,
         lease=config.store.lease,
         metrics=metrics,
+        max_negative=config.lookup.max_negative,
+        max_waiting=config.lookup.max_waiting,
     )
     responder = PostfixResponder(reactor, cache, config.profiles, metrics=metrics)
     cache.set_admin(config.admin)

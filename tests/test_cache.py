@@ -12,10 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache import PolicyCache
 from mxpolicyd.dane import DANE_ONLY, TEMP, DaneState
-from mxpolicyd.state import DomainState, StsState
+from mxpolicyd.metrics import Metrics
+from mxpolicyd.state import DomainState, Remembered, StsState
 from mxpolicyd.store import Stored
 from mxpolicyd.sts import StsPolicy
-from mxpolicyd.verdict import Action, Verdict
+from mxpolicyd.verdict import Action, Verdict, pending
 
 ENFORCE = StsPolicy("enforce", 86400, ("mx.example.test",))
 
@@ -406,3 +407,225 @@ class SharedStore(RecordingStore):
     def lease(self, domain: str, seconds: float) -> Deferred[bool]:
         self.leases.append(domain)
         return succeed(domain not in self.held)
+
+
+def negative(now: float, due: float = 3600) -> DomainState:
+    """What a junk name leaves: no MTA-STS record, DANE not applicable."""
+    return DomainState(
+        sts=StsState(checked_at=now, due_at=now + due),
+        dane=DaneState("none", "the domain does not exist", checked_at=now, due_at=now + due),
+    )
+
+
+class NegativeCapTests(SynchronousTestCase):
+    """lookup.max_negative: domains holding no policy are capped, LRU first."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        self.metrics = Metrics()
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store,
+                                 max_negative=3, metrics=self.metrics)
+        self.cache.loaded = True
+        self.changes: list[str] = []
+        self.cache.on_change(self.changes.append)
+        self.evicted: list[str] = []
+        self.cache.on_evicted(lambda entry: self.evicted.append(entry.domain))
+
+    def add(self, *domains: str, state: DomainState | None = None) -> None:
+        for domain in domains:
+            self.clock.advance(1)
+            self.cache.load([(domain, state or negative(self.clock.seconds()))])
+
+    def test_least_recently_used_evicted(self) -> None:
+        """Past the cap, the domain looked up least recently goes, from memory and store."""
+        self.add("a.test", "b.test", "c.test")
+        self.clock.advance(1)
+        self.cache.lookup("a.test")
+        self.add("d.test")
+        self.assertEqual(sorted(self.cache.domains()), ["a.test", "c.test", "d.test"])
+        self.assertEqual(self.evicted, ["b.test"])
+        self.assertEqual(self.store.deleted, ["b.test"])
+        self.assertIn("b.test", self.changes)
+        self.add("e.test")
+        self.assertEqual(self.evicted, ["b.test", "c.test"])
+        self.assertEqual((self.cache.evicted, self.cache.negative, len(self.cache)), (2, 3, 3))
+
+    def test_hot_path_use_counts(self) -> None:
+        """A use recorded only in Entry.used_at (the responder's memo path) keeps a domain."""
+        self.add("a.test", "b.test", "c.test")
+        entry = self.cache.get("a.test")
+        assert entry is not None
+        entry.used_at = self.clock.seconds() + 0.5
+        self.add("d.test")
+        self.assertEqual(self.evicted, ["b.test"])
+
+    def test_policy_never_evicted(self) -> None:
+        """Domains with an unexpired MTA-STS policy or a DANE verdict are neither evicted nor counted."""
+        now = self.clock.seconds()
+        dane = replace(negative(now), dane=DaneState(DANE_ONLY, "all usable",
+                                                     checked_at=now, due_at=now + 60))
+        self.add("p1.test", "p2.test", "p3.test", "p4.test", state=enforced(now))
+        self.add("dane.test", state=dane)
+        self.add("n1.test", "n2.test", "n3.test", "n4.test", "n5.test")
+        self.assertEqual(self.evicted, ["n1.test", "n2.test"])
+        for domain in ("p1.test", "p2.test", "p3.test", "p4.test", "dane.test"):
+            self.assertIn(domain, self.cache)
+        self.assertEqual((self.cache.negative, len(self.cache)), (3, 8))
+
+    def test_downgrade_memory_never_evicted(self) -> None:
+        """A domain whose strongest verdict is remembered keeps it through a flood of junk names."""
+        now = self.clock.seconds()
+        remembered = replace(negative(now), best=Remembered("dane-only", now))
+        self.add("was-dane.test", state=remembered)
+        self.add("n1.test", "n2.test", "n3.test", "n4.test")
+        self.assertIn("was-dane.test", self.cache)
+        self.assertNotIn("was-dane.test", self.store.deleted)
+        self.assertEqual(self.evicted, ["n1.test"])
+
+    def test_expired_policy_becomes_negative(self) -> None:
+        """A policy that runs out leaves its domain evictable like any other."""
+        self.add("p.test", state=enforced(self.clock.seconds(), due=10**6))
+        self.add("a.test", "b.test")
+        self.clock.advance(86400)
+        self.cache.lookup("p.test")
+        self.assertEqual(self.cache.negative, 3)
+        self.add("c.test")
+        self.assertEqual(self.evicted, ["a.test"])
+        self.add("d.test", "e.test")
+        self.assertEqual(self.evicted, ["a.test", "b.test", "p.test"])
+
+    def test_new_policy_leaves_the_queue(self) -> None:
+        """A negative domain that gains a policy stops counting against the cap."""
+        self.add("a.test", "b.test", "c.test")
+        self.evaluator.immediate = enforced(self.clock.seconds())
+        self.cache.revalidate("a.test")
+        self.assertEqual(self.cache.negative, 2)
+        self.evaluator.immediate = None
+        self.add("d.test", "e.test")
+        self.assertEqual(self.evicted, ["b.test"])
+        self.assertIn("a.test", self.cache)
+
+    def test_under_evaluation_passed_over(self) -> None:
+        """A domain being re-evaluated is not evicted under it; the next one goes instead."""
+        self.add("a.test", "b.test", "c.test")
+        self.cache.revalidate("a.test")
+        self.add("d.test")
+        self.assertEqual(self.evicted, ["b.test"])
+        self.evaluator.pending[0].callback(negative(self.clock.seconds()))
+        self.assertIn("a.test", self.cache)
+
+    def test_metrics(self) -> None:
+        """Evictions are exported as a counter and the negative domains as a gauge."""
+        self.add("a.test", "b.test", "c.test", "d.test")
+        text = self.metrics.render().decode()
+        self.assertIn("# TYPE mxpolicyd_cache_evictions_total counter\n"
+                      "mxpolicyd_cache_evictions_total 1\n", text)
+        self.assertIn("\nmxpolicyd_cached_negative_domains 3\n", text)
+
+    def test_lower_cap_applies_at_once(self) -> None:
+        """set_bounds() (a reload) with a lower cap evicts down to it at once."""
+        self.add("a.test", "b.test", "c.test")
+        self.cache.set_bounds(1, 1000)
+        self.assertEqual(self.evicted, ["a.test", "b.test"])
+
+    def test_forget_leaves_the_queue(self) -> None:
+        """A forgotten domain no longer counts against the cap."""
+        self.add("a.test", "b.test", "c.test")
+        self.cache.forget("b.test")
+        self.add("d.test")
+        self.assertEqual(self.evicted, [])
+        self.assertEqual(self.cache.negative, 3)
+
+
+class NegativeCapWarmTests(SynchronousTestCase):
+    def test_load_evicts_by_last_use(self) -> None:
+        """Rows read at start-up (in name order) are evicted by last use, after the load."""
+        clock = Clock()
+        clock.advance(10000)
+        store = RecordingStore()
+        used = {"a.test": 500.0, "b.test": 900.0, "c.test": 100.0, "d.test": 700.0}
+        for domain, at in used.items():
+            store.rows[domain] = (negative(clock.seconds()), at)
+        store.rows["p.test"] = (enforced(clock.seconds()), 1.0)
+        cache = PolicyCache(
+            clock, ScriptedEvaluator(), store, max_negative=2,
+            cooperator=Cooperator(scheduler=lambda f: clock.callLater(0, f)),
+        )
+        d = cache.warm(batch=2)
+        while not d.called:
+            clock.advance(0)
+        self.assertEqual(sorted(cache.domains()), ["b.test", "d.test", "p.test"])
+        self.assertEqual(sorted(store.deleted), ["a.test", "c.test"])
+
+
+class WaitingBoundTests(SynchronousTestCase):
+    """lookup.max_waiting: the queue of evaluations waiting for a slot is bounded."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.metrics = Metrics()
+        self.cache = PolicyCache(
+            self.clock, self.evaluator, None, max_evaluations=2, max_waiting=1,
+            pending=lambda domain: pending(domain, None, True), metrics=self.metrics,
+        )
+
+    def test_beyond_the_queue_answered_at_once(self) -> None:
+        """With every slot busy and the queue full, a new domain gets TEMP at once, unevaluated."""
+        running = [self.cache.lookup(d) for d in ("a.test", "b.test")]
+        queued = self.cache.lookup("c.test")
+        self.assertIsInstance(queued, Deferred)
+        self.assertEqual(self.cache.evaluations_waiting, 1)
+        verdict = self.cache.lookup("d.test")
+        assert isinstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Action.TEMP)
+        self.assertIn("DANE state unknown", verdict.rule)
+        self.assertEqual(self.cache.shed, 1)
+        self.assertIn("mxpolicyd_lookups_shed_total 1\n", self.metrics.render().decode())
+        for d in self.evaluator.pending[:2]:
+            d.callback(negative(self.clock.seconds()))
+        self.assertEqual([c[0] for c in self.evaluator.calls], ["a.test", "b.test", "c.test"])
+        self.assertNotIn("d.test", self.cache)
+        for r in running:
+            assert isinstance(r, Deferred)
+            self.successResultOf(r)
+
+    def test_without_dane_notfound(self) -> None:
+        """With only MTA-STS pending (DANE off), the answer beyond the queue is no policy."""
+        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0)
+        cache.lookup("a.test")
+        verdict = cache.lookup("b.test")
+        assert isinstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Action.NONE)
+        self.assertEqual(len(self.evaluator.calls), 1)
+
+    def test_free_slot_not_shed(self) -> None:
+        """max_waiting 0 still evaluates while a slot is free."""
+        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0)
+        self.assertIsInstance(cache.lookup("a.test"), Deferred)
+        self.assertEqual(cache.shed, 0)
+
+    def test_coalesced_not_shed(self) -> None:
+        """A lookup of a domain already queued joins its evaluation, full queue or not."""
+        for d in ("a.test", "b.test", "c.test"):
+            self.cache.lookup(d)
+        again = self.cache.lookup("c.test")
+        self.assertIsInstance(again, Deferred)
+        self.assertEqual(self.cache.shed, 0)
+
+    def test_revalidation_skipped_when_full(self) -> None:
+        """A due cached domain is answered from memory and not queued while the queue is full."""
+        now = self.clock.seconds()
+        self.cache.load([("cached.test", enforced(now, due=10))])
+        for d in ("a.test", "b.test", "c.test"):
+            self.cache.lookup(d)
+        self.clock.advance(11)
+        verdict = self.cache.lookup("cached.test")
+        assert isinstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Action.STS_ENFORCE)
+        self.assertEqual(len(self.evaluator.calls), 2)
+        self.assertEqual(self.cache.evaluations_waiting, 1)

@@ -33,6 +33,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.dns.nameservers, ())
         self.assertTrue(config.dane.enabled)
         self.assertEqual((config.dane.ttl_min, config.dane.ttl_max), (60, 3600))
+        self.assertEqual((config.lookup.max_negative, config.lookup.max_waiting),
+                         (100000, 1000))
 
     def test_state_directory(self) -> None:
         """systemd's STATE_DIRECTORY wins over XDG_STATE_HOME and HOME."""
@@ -52,7 +54,7 @@ class ConfigTests(SynchronousTestCase):
                 "socketmap": {"listen": ["tcp:9999", "unix:/run/m.sock:mode=660"],
                               "idle_timeout": 5},
                 "dns": {"nameservers": ["127.0.0.1", "::1"], "port": 5353},
-                "lookup": {"deadline": 0.5},
+                "lookup": {"deadline": 0.5, "max_negative": 5000, "max_waiting": 0},
                 "mta_sts": {"txt_ttl_min": 1, "retry_interval": 600},
             },
             "t.toml",
@@ -63,6 +65,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.dns.nameservers, ("127.0.0.1", "::1"))
         self.assertEqual(config.store_path, "/srv/state/mxpolicyd.sqlite")
         self.assertEqual(config.mta_sts.txt_ttl_min, 1)
+        self.assertEqual((config.lookup.max_negative, config.lookup.max_waiting), (5000, 0))
 
     def test_profiles(self) -> None:
         """A [profiles.NAME] table adds a map name; a built-in one can be changed."""
@@ -88,6 +91,9 @@ class ConfigTests(SynchronousTestCase):
             ({"mta_sts": {"trust_root": "/nonexistent/ca.pem"}}, "mta_sts.trust_root names"),
             ({"mta_sts": {"txt_ttl_min": 100, "txt_ttl_max": 50}}, "mta_sts.txt_ttl_max must not be below"),
             ({"lookup": {"deadline": 120}}, "lookup.deadline must be between"),
+            ({"lookup": {"max_negative": 0}}, "lookup.max_negative must be greater than 0"),
+            ({"lookup": {"max_negative": 1.5}}, "lookup.max_negative must be a number"),
+            ({"lookup": {"max_waiting": -1}}, "lookup.max_waiting must be 0 or more"),
             ({"profiles": {"pf": {"tlsrpt": "yes"}}}, "profiles.pf.tlsrpt must be true or false"),
             ({"profiles": {"p f": {}}}, "profiles.p f is not a valid map name"),
             ({"dsn": {}}, "dsn is not a known setting"),

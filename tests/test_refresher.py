@@ -220,3 +220,41 @@ class RefresherTests(SynchronousTestCase):
         self.warm({"a.test": (100, 0)})
         self.refresher.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class EvictionTests(SynchronousTestCase):
+    """The refresher and the cache's cap on domains holding no policy."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store, max_negative=2)
+        self.cache.loaded = True
+        self.refresher = Refresher(self.clock, self.cache, concurrency=10,
+                                   random=lambda: 0.0)
+        self.refresher.startService()
+
+    def test_evicted_domain_leaves_the_wheel(self) -> None:
+        """A domain evicted for room is unscheduled at once and never refreshed."""
+        now = self.clock.seconds()
+        for i, domain in enumerate(["a.test", "b.test", "c.test"]):
+            self.clock.advance(1)
+            self.cache.load([(domain, state(now, now + 100 + i))])
+        self.assertNotIn("a.test", self.cache)
+        self.assertEqual(self.refresher.queue_depth, 2)
+        self.assertNotIn("a.test", [d for b in self.refresher._buckets.values() for d in b])
+        self.clock.advance(200)
+        self.assertEqual([c[0] for c in self.evaluator.calls], ["b.test", "c.test"])
+
+    def test_refresh_result_tracked(self) -> None:
+        """A refresh that finds a policy takes the domain out of the cap's count."""
+        now = self.clock.seconds()
+        self.cache.load([("a.test", state(now, now + 100))])
+        self.assertEqual(self.cache.negative, 1)
+        self.clock.advance(100)
+        policy = StsPolicy("enforce", 86400, ("mx.test",))
+        t = self.clock.seconds()
+        self.evaluator.pending.pop().callback(state(t, t + 3600, policy, t + 86400))
+        self.assertEqual(self.cache.negative, 0)

@@ -66,3 +66,72 @@ class WarmUpTests(SynchronousTestCase):
         started[0].callback(7)
         self.assertEqual(frozen, [True])
         self.assertTrue(any("Loaded 7 domains from /x/store.sqlite" in formatEvent(e) for e in events))
+
+
+class OpenFilesLimitTests(SynchronousTestCase):
+    def raise_limit(self, soft: int, hard: int, data: dict[str, Any]) -> tuple[list[Any], list[str]]:
+        import resource
+
+        from mxpolicyd import tap
+
+        calls: list[Any] = []
+        self.patch(resource, "getrlimit", lambda which: (soft, hard))
+        self.patch(resource, "setrlimit", lambda which, limits: calls.append(limits))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            tap.raise_open_files_limit(parse(data, "t.toml", {"HOME": "/h"}))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        return calls, [formatEvent(e) for e in events]
+
+    def test_soft_raised_to_hard(self) -> None:
+        """At start-up the soft limit on open files goes up to the hard one, and the log says so."""
+        calls, lines = self.raise_limit(1024, 524288, {})
+        self.assertEqual(calls, [(524288, 524288)])
+        self.assertEqual(lines, ["Raised the limit on open files from 1024 to 524288"])
+
+    def test_short_hard_limit_warns(self) -> None:
+        """A hard limit below what the connection limits need is named in a warning."""
+        calls, lines = self.raise_limit(1024, 2048, {"socketmap": {"max_connections": 5000}})
+        self.assertEqual(calls, [(2048, 2048)])
+        self.assertEqual(len(lines), 2)
+        self.assertIn("(2048) is below the 5464", lines[1])
+        self.assertIn("socketmap.max_connections", lines[1])
+
+
+class ReloadBoundsTests(SynchronousTestCase):
+    def test_reload_applies_bounds(self) -> None:
+        """A reload with a lower lookup.max_negative evicts down to it at once."""
+        import os
+
+        from twisted.application.service import MultiService
+
+        from mxpolicyd.cache import PolicyCache
+        from mxpolicyd.config import load
+        from mxpolicyd.metrics import Metrics
+        from mxpolicyd.server import PostfixResponder
+        from mxpolicyd.state import DomainState
+        from mxpolicyd.tap import Daemon
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "m.toml")
+
+        def write(extra: str) -> None:
+            with open(path, "w") as f:
+                f.write('[daemon]\nstate_directory = "%s"\n[dns]\nnameservers = ["127.0.0.1"]\n%s'
+                        % (directory, extra))
+
+        write("")
+        config = load(path)
+        reactor = MemoryReactorClock()
+        cache = PolicyCache(reactor, build_evaluator(config, reactor))
+        cache.load([("a.test", DomainState()), ("b.test", DomainState()), ("c.test", DomainState())])
+        metrics = Metrics()
+        daemon = Daemon(MultiService(), cache, None,  # type: ignore[arg-type]
+                        PostfixResponder(reactor, cache, config.profiles, metrics=metrics),
+                        None, metrics, config, reactor)
+        write("[lookup]\nmax_negative = 1\n")
+        self.assertTrue(daemon.reload(path))
+        self.assertEqual(sorted(cache.domains()), ["c.test"])
