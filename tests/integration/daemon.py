@@ -7,6 +7,7 @@ socketmap, so the answers are checked the way Postfix reads them.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import ipaddress
 import os
 import signal
@@ -24,6 +25,8 @@ POSTMAP = "/usr/sbin/postmap"
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -37,7 +40,7 @@ def _toml_value(value: Any) -> str:
 
 
 def toml_text(config: Mapping[str, Mapping[str, Any]]) -> str:
-    """Tables of scalars and lists, which is all mxpolicyd's config uses."""
+    """Tables of scalars (dates too) and lists, which is all mxpolicyd's config uses."""
     out = []
     for table, values in config.items():
         out.append(f"[{table}]")
