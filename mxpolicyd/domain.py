@@ -110,11 +110,18 @@ def _from_unicode(key: bytes) -> str | None:
 
 
 def _alabels_decode(name: str) -> bool:
-    """Whether every ``xn--`` label of `name` is a valid IDNA2008 A-label."""
+    """
+    Whether every ``xn--`` label of `name` is a valid IDNA2008 A-label.
+
+    Valid means canonical too (RFC 5891 s5.4): ``xn---bkve`` decodes to the
+    same U-label as ``xn--bkve``; Debian's idna 3.3 does not check that the
+    encoding round-trips (newer releases do), so it is checked here.
+    """
     for label in name.split("."):
         if label.startswith("xn--"):
             try:
-                idna.ulabel(label)
+                if idna.alabel(idna.ulabel(label)) != label.encode("ascii"):
+                    return False
             except (UnicodeError, ValueError):
                 return False
     return True

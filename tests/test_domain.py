@@ -70,6 +70,9 @@ class NormaliseTests(SynchronousTestCase):
             ("ｂücher．example".encode(), "xn--bcher-kva.example"),
             # ASCII labels beside a U-label keep the LDH rules only.
             ("ab--cd.bücher.test".encode(), "ab--cd.xn--bcher-kva.test"),
+            # A label of non-basic code points only: no "-" delimiter.
+            ("晜晞.test".encode(), "xn--bkve.test"),
+            (b"XN--BKVE.test", "xn--bkve.test"),
         ]
         self.assertEqual(mismatches(normalise, table), [])
 
@@ -143,6 +146,11 @@ class NormaliseTests(SynchronousTestCase):
             # A-labels that are not valid Punycode.
             (b"xn--zz.example", None),
             (b"xn--.example", None),
+            # Non-canonical Punycode: an empty basic part still delimited
+            # by "-" decodes to the U-label of xn--bkve (found by fuzzing;
+            # idna 3.3 accepts it, newer releases do not).
+            (b"xn---bkve.ee", None),
+            (b"mail.XN---BKVE.example", None),
         ]
         self.assertEqual(mismatches(normalise, table), [])
 
