@@ -56,11 +56,12 @@ class EximProtocol(Protocol):
             return
         self._buffer += data
         line, newline, _ = self._buffer.partition(b"\n")
-        if newline:
-            self._request(line)
-        elif len(self._buffer) > self._factory.max_request_size:
+        if len(line) > self._factory.max_request_size:
+            # Refused however the line was split into segments.
             self._reply(error_line("request longer than %d bytes"
                                    % self._factory.max_request_size))
+        elif newline:
+            self._request(line)
 
     def readConnectionLost(self) -> None:
         """Exim's default: the request is everything before the half-close."""

@@ -509,8 +509,6 @@ class KnownIssueTests(SynchronousTestCase):
             self.assertEqual(got.calls, [])
             self.assertRegex(got.output, error_line)
 
-    test_exim_long_line.skip = (  # type: ignore[attr-defined]
-        "known issue exim-long-line: fix pending in exim.py")
 
 
 class FakeLookupTests(SynchronousTestCase):

@@ -52,11 +52,6 @@ KNOWN_ISSUES = {
         "re-enters _process from _answered; ~200 such requests in one segment "
         "hit RecursionError and lose replies"
     ),
-    "exim-long-line": (
-        "exim.py: a line over max_request_size is refused when its newline "
-        "arrives in a later segment, but passed to the lookup when it arrives "
-        "in the same segment"
-    ),
 }
 suppressed: set[str] = set(KNOWN_ISSUES)
 
@@ -375,9 +370,6 @@ def exim_target(data: bytes) -> None:
     hold = bool(data[0] & 8)
     half_close = bool(data[0] & 16)
     stream = data[2:]
-    line, newline, _ = stream.partition(b"\n")
-    if "exim-long-line" in suppressed and newline and len(line) > max_size:
-        return
     key = exim_model(stream, max_size, half_close)
     for chunks in ([stream], split(stream, data[1])):
         got = run_exim(chunks, max_size, fired, hold, half_close)
