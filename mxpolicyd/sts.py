@@ -61,10 +61,12 @@ class StsError(ValueError):
 
 
 def _show(value: str, limit: int = 40) -> str:
-    """Quote untrusted text for an error message: ASCII, one line, bounded."""
-    if len(value) > limit:
-        value = value[:limit] + "..."
-    return ascii(value)
+    """
+    Quote untrusted text for an error message: ASCII, one line, bounded
+    after escaping (an escaped character takes up to ten).
+    """
+    text = ascii(value)
+    return text if len(text) <= limit + 2 else text[:limit] + "..."
 
 
 def _show_stored(value: Any, limit: int = 40) -> str:

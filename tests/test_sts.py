@@ -90,6 +90,8 @@ class StsErrorTests(SynchronousTestCase):
             (parse_policy, policy("version: STSv1\x1b[31m" + "x" * 500)),
             (parse_policy, b"\xff" * 100),
             (StsPolicy.from_json, {"mode": "\n" * 200}),
+            # Every character escaped to ten: bounded after escaping.
+            (parse_policy, policy("mx: " + "\u2603" * 100)),
         ]
         for function, argument in hostile:
             message = error_of(function, argument).message

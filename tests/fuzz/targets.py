@@ -414,7 +414,7 @@ def check_message(e: StsError, kinds: frozenset[str]) -> None:
     check(e.kind in kinds, "undocumented error kind", e.kind)
     check(str(e) == e.message, "str() is not the message")
     # 40 quoted characters of hostile input may take 10 characters each.
-    check(e.message.isascii() and e.message.isprintable() and len(e.message) < 512,
+    check(e.message.isascii() and e.message.isprintable() and len(e.message) < 200,
           "message is not one bounded ASCII line", e.message)
 
 
