@@ -4,8 +4,9 @@ key to reply bytes.
 
 It picks the profile by map name, normalises the key, asks the policy cache
 and renders the verdict.  Rendered replies are memoised per raw request, so a
-cached domain costs one dict lookup and one clock read; the memo entry for a
-domain is dropped whenever the cache says its verdict may have changed.
+cached domain costs one dict lookup and one clock read, due or not; the memo
+entry for a domain is dropped whenever the cache says its verdict may have
+changed.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ class PostfixResponder:
     ) -> None:
         self._clock = clock
         self._cache = cache
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics = metrics or Metrics()
+        # Bound once: the cached path runs these for every lookup.
+        self._seconds = clock.seconds
+        self._count_cache = metrics.cache.inc
+        self._count_lookup = metrics.lookups.inc
+        self._observe = metrics.latency.observe
         self._memo_limit = memo_limit
         self.set_profiles(profiles)
         cache.on_change(self._forget)
@@ -52,23 +58,38 @@ class PostfixResponder:
     def set_profiles(self, profiles: Mapping[str, Profile]) -> None:
         """Serve these map names from now on (a reload); replies are re-rendered."""
         self._profiles = {name.encode("ascii"): p for name, p in profiles.items()}
-        self._memo: dict[tuple[bytes, bytes], tuple[bytes, Entry]] = {}
+        # (map name, raw key) -> (reply, entry, result label for the metrics)
+        self._memo: dict[tuple[bytes, bytes], tuple[bytes, Entry, str]] = {}
         self._memo_keys: dict[str, list[tuple[bytes, bytes]]] = {}
 
     def lookup(self, name: bytes, key: bytes) -> Reply:
         started = perf_counter()
-        hit = self._memo.get((name, key))
+        request = (name, key)
+        hit = self._memo.get(request)
         if hit is not None:
-            reply, entry = hit
-            now = self._clock.seconds()
-            if now < entry.due_at and now < entry.changes_at:
+            reply, entry, result = hit
+            now = self._seconds()
+            if now < entry.changes_at:
                 entry.used_at = now
-                self._metrics.cache.inc("hit")
-                return self._counted(reply, started)
+                if now < entry.due_at or self._recheck(entry, request):
+                    self._count_cache("hit")
+                    self._count_lookup("socketmap", result)
+                    self._observe(perf_counter() - started, "socketmap")
+                    return reply
         found = self._lookup(name, key)
         if isinstance(found, Deferred):
             return found.addCallback(self._counted, started)
         return self._counted(found, started)
+
+    def _recheck(self, entry: Entry, request: tuple[bytes, bytes]) -> bool:
+        """
+        Start the background re-check of due evidence, as C{cache.current()}
+        would (a no-op while one runs), and say whether the memoised reply
+        still holds: a dead resolver then leaves the cached path as fast as
+        ever.
+        """
+        self._cache.revalidate(entry.domain)
+        return request in self._memo and self._cache.get(entry.domain) is entry
 
     def _counted(self, reply: bytes, started: float) -> bytes:
         metrics = self._metrics
@@ -110,7 +131,7 @@ class PostfixResponder:
         k = (name, key)
         if k not in self._memo:
             self._memo_keys.setdefault(entry.domain, []).append(k)
-        self._memo[k] = (reply, entry)
+        self._memo[k] = (reply, entry, _RESULTS.get(reply[:2], "other"))
 
     def _forget(self, domain: str) -> None:
         for k in self._memo_keys.pop(domain, ()):

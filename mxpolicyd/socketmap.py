@@ -6,12 +6,20 @@ Postfix keeps one connection per process and sends one request at a time.
 This protocol parses bytes, calls the injected C{lookup(name, key)} and
 writes what it returns; it knows nothing of caches, DNS or HTTP.  A lookup
 may answer synchronously (C{bytes}, the cached case) or with a Deferred.
+
+On a plain TCP or UNIX connection a reply is written straight to the socket
+when nothing is buffered, as asyncio's transports do, rather than by
+Twisted's write buffer on the next reactor turn: that saves two epoll
+updates and a reactor dispatch per lookup, about a third of a cached
+lookup's CPU.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Callable, Union
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -37,13 +45,18 @@ class SocketmapProtocol(Protocol):
     def __init__(self, factory: SocketmapFactory) -> None:
         self._factory = factory
         self._lookup = factory.lookup
+        self._seconds = factory.clock.seconds
         self._buffer = b""
         self._pending: Deferred[bytes] | None = None
         self._last = 0.0
         self._idle: IDelayedCall | None = None
         self._closing = False
+        self._socket: socket.socket | None = None
 
     def connectionMade(self) -> None:
+        transport = self.transport
+        if isinstance(transport, tcp.Connection) and not transport.TLS:
+            self._socket = transport.socket
         self._factory.connections += 1
         self._last = self._factory.clock.seconds()
         self._idle = self._factory.clock.callLater(
@@ -73,27 +86,31 @@ class SocketmapProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last = self._factory.clock.seconds()
-        self._buffer += data
+        self._last = self._seconds()
+        if self._buffer:
+            data = self._buffer + data
+        self._buffer = data
         if self._pending is None:
             self._process()
-        elif len(self._buffer) > self._factory.max_request_size + _MAX_DIGITS + 2:
+        elif len(data) > self._factory.max_request_size + _MAX_DIGITS + 2:
             # Postfix sends one request at a time; this peer does not.
             self._fatal("too much data sent ahead of the reply")
 
     def _process(self) -> None:
-        while self._pending is None and not self._closing:
-            buf = self._buffer
+        # The hot path: locals, and the loop ends when the buffer does.
+        buf = self._buffer
+        while buf:
             colon = buf.find(b":", 0, _MAX_DIGITS + 1)
             if colon < 0:
-                if len(buf) > _MAX_DIGITS or not (buf.isdigit() or not buf):
+                if len(buf) > _MAX_DIGITS or not buf.isdigit():
                     self._fatal("malformed netstring length")
                 return
             digits = buf[:colon]
-            if not digits.isdigit() or not digits.isascii():
+            # bytes.isdigit() is true for ASCII digits only.
+            if not digits.isdigit():
                 self._fatal("malformed netstring length")
                 return
-            if len(digits) > 1 and digits[0:1] == b"0":
+            if colon > 1 and buf[0] == 0x30:  # "0"
                 self._fatal("malformed netstring length (leading zero)")
                 return
             size = int(digits)
@@ -112,6 +129,10 @@ class SocketmapProtocol(Protocol):
             payload = buf[colon + 1 : end]
             self._buffer = buf[end + 1 :]
             self._request(payload)
+            if self._pending is not None or self._closing:
+                return
+            # A lookup that answered at once may have processed the rest.
+            buf = self._buffer
 
     def _request(self, payload: bytes) -> None:
         name, space, key = payload.partition(b" ")
@@ -128,7 +149,7 @@ class SocketmapProtocol(Protocol):
             self._reply(b"TEMP internal error")
             return
         if isinstance(result, bytes):
-            self.transport.write(b"%d:%s," % (len(result), result))  # type: ignore[union-attr]
+            self._write(b"%d:%s," % (len(result), result))
             return
         self._pending = result
         result.addCallbacks(self._answered, self._failed, errbackArgs=(name, key))
@@ -151,7 +172,26 @@ class SocketmapProtocol(Protocol):
         self._answered(b"TEMP internal error")
 
     def _reply(self, payload: bytes) -> None:
-        self.transport.write(netstring(payload))  # type: ignore[union-attr]
+        self._write(netstring(payload))
+
+    def _write(self, data: bytes) -> None:
+        sock = self._socket
+        if sock is not None:
+            transport: tcp.Connection = self.transport  # type: ignore[assignment]
+            if transport.connected and not transport.disconnecting:
+                try:
+                    sent = sock.send(data)
+                except OSError:
+                    # Full, or broken: Twisted's buffer retries, or finds
+                    # the error and closes the connection as usual.
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            # Twisted's buffer may hold data from now on; only it keeps the
+            # order, so every later reply goes through it too.
+            self._socket = None
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _fatal(self, reason: str) -> None:
         """Framing is lost: say why, then close (Postfix reconnects)."""

@@ -103,6 +103,19 @@ class PostfixResponderTests(EnforceWorld):
         self.assertEqual(self.ask(b"example.test"), b"NOTFOUND ")
         self.assertEqual(len(self.fetcher.fetches), 2)
 
+    def test_due_domain_answered_while_recheck_pending(self) -> None:
+        """A due domain is answered from memory while its one re-check waits on DNS, then with the outcome."""
+        self.assertEqual(self.ask(b"example.test"), ENFORCE)
+        pending: Deferred[object] = Deferred()
+        self.resolver.answers[("_mta-sts.example.test", TXT)] = pending
+        self.clock.advance(601)
+        for _ in range(5):
+            self.assertEqual(self.ask(b"example.test"), ENFORCE)
+        self.assertEqual(self.resolver.queries.count(("_mta-sts.example.test", TXT)), 2)
+        self.fetcher.bodies["example.test"] = policy("none", mx=())
+        pending.callback(txt("v=STSv1; id=2", ttl=600))
+        self.assertEqual(self.ask(b"example.test"), b"NOTFOUND ")
+
     def test_cached_lookup_does_no_io(self) -> None:
         """Repeated lookups of a cached domain query nothing more."""
         for _ in range(100):

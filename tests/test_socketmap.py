@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
+from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -215,6 +219,84 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.factory.buildProtocol(ADDR))
         second.connectionLost(None)
         self.assertIsNotNone(self.factory.buildProtocol(ADDR))
+
+
+class ShortSocket:
+    """A socket that takes at most C{room} bytes per send, or raises C{error}."""
+
+    def __init__(self, room: int, error: OSError | None = None) -> None:
+        self.room = room
+        self.error = error
+        self.sent: list[bytes] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent.append(data[: self.room])
+        return min(len(data), self.room)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """Replies go straight to a plain socket, and through Twisted once it is full."""
+
+    def setUp(self) -> None:
+        self.lookups = Lookups()
+        self.lookups.answers[b"a"] = b"OK secure"
+        self.factory = SocketmapFactory(self.lookups, Clock())
+        self.reactor = MemoryReactor()
+
+    def connect(self, sock: object) -> tuple[SocketmapProtocol, tcp.Connection]:
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        transport = tcp.Connection(sock, proto, self.reactor)  # type: ignore[arg-type]
+        transport.connected = True
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_reply_sent_at_once(self) -> None:
+        """On a plain socket the reply is sent during dataReceived, with nothing left for the reactor."""
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+        proto, transport = self.connect(ours)
+        proto.dataReceived(b"9:postfix a,9:postfix b,")
+        self.assertEqual(peer.recv(100), b"9:OK secure,9:NOTFOUND ,")
+        self.assertNotIn(transport, self.reactor.getWriters())
+
+    def test_partial_send_falls_back_in_order(self) -> None:
+        """What the socket does not take, and every later reply, goes through Twisted's buffer in order."""
+        sock = ShortSocket(room=3)
+        proto, transport = self.connect(sock)
+        proto.dataReceived(b"9:postfix a,")
+        proto.dataReceived(b"9:postfix b,")
+        self.assertEqual(sock.sent, [b"9:O"])
+        self.assertIn(transport, self.reactor.getWriters())
+        sock.room = 1000
+        transport.doWrite()
+        self.assertEqual(b"".join(sock.sent), b"9:OK secure,9:NOTFOUND ,")
+
+    def test_send_error_left_to_twisted(self) -> None:
+        """A broken socket is left for Twisted's write path to find and close."""
+        sock = ShortSocket(room=0, error=ConnectionResetError(errno.ECONNRESET, "reset"))
+        proto, transport = self.connect(sock)
+        proto.dataReceived(b"9:postfix a,")
+        self.assertIn(transport, self.reactor.getWriters())
+        self.assertIsInstance(transport.doWrite(), error.ConnectionLost)
+
+    def test_closing_connection_not_written(self) -> None:
+        """After loseConnection the socket is not written directly."""
+        sock = ShortSocket(room=1000)
+        proto, transport = self.connect(sock)
+        transport.disconnecting = True
+        proto.dataReceived(b"9:postfix a,")
+        self.assertEqual(sock.sent, [])
 
 
 class SocketmapPropertyTests(SynchronousTestCase):
