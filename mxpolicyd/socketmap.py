@@ -52,6 +52,7 @@ class SocketmapProtocol(Protocol):
         self._idle: IDelayedCall | None = None
         self._closing = False
         self._socket: socket.socket | None = None
+        self._processing = False
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -97,6 +98,16 @@ class SocketmapProtocol(Protocol):
             self._fatal("too much data sent ahead of the reply")
 
     def _process(self) -> None:
+        # A lookup answered by an already-fired Deferred calls _answered
+        # from inside _request: the loop below goes on with the rest,
+        # instead of _answered recursing once per pipelined request.
+        self._processing = True
+        try:
+            self._parse()
+        finally:
+            self._processing = False
+
+    def _parse(self) -> None:
         # The hot path: locals, and the loop ends when the buffer does.
         buf = self._buffer
         while buf:
@@ -131,7 +142,6 @@ class SocketmapProtocol(Protocol):
             self._request(payload)
             if self._pending is not None or self._closing:
                 return
-            # A lookup that answered at once may have processed the rest.
             buf = self._buffer
 
     def _request(self, payload: bytes) -> None:
@@ -161,7 +171,8 @@ class SocketmapProtocol(Protocol):
         if self._closing:
             return
         self._reply(reply)
-        self._process()
+        if not self._processing:
+            self._process()
 
     def _failed(self, failure: Failure, name: bytes, key: bytes) -> None:
         if self._pending is None:

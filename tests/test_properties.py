@@ -187,7 +187,7 @@ class EximCodecPropertyTests(SynchronousTestCase):
                             data: st.DataObject) -> None:
         """Cutting the request anywhere changes neither the lookup nor the one reply line."""
         stream = b"".join(parts)
-        # Longer lines: see KnownIssueTests.test_exim_long_line.
+        # Longer lines: see FuzzRegressionTests.test_exim_long_line.
         assume(len(stream.partition(b"\n")[0]) <= EXIM_MAX)
         whole = run_exim([stream], EXIM_MAX, fired, False, half_close)
         cut = run_exim(cuts(data, stream), EXIM_MAX, fired, False, half_close)
@@ -482,12 +482,8 @@ class FuzzCorpusTests(SynchronousTestCase):
             self.assertNotIn(b"", chunks)
 
 
-class KnownIssueTests(SynchronousTestCase):
-    """
-    What fuzzing found in socketmap.py and exim.py, which are being reworked
-    elsewhere: remove the skips (and the harness suppressions in
-    targets.KNOWN_ISSUES) with the fixes.
-    """
+class FuzzRegressionTests(SynchronousTestCase):
+    """What the long fuzzing runs found in the codecs, fixed."""
 
     def tearDown(self) -> None:
         self.flushLoggedErrors(LookupCrash)
@@ -498,8 +494,6 @@ class KnownIssueTests(SynchronousTestCase):
         got = run_socketmap([stream], MAX_REQUEST, True, hold=False)
         self.assertEqual(netstrings(got.output), [b"OK postfix=a.test"] * 300)
 
-    test_socketmap_fired_deferred.skip = (  # type: ignore[attr-defined]
-        "known issue socketmap-fired-deferred: fix pending in socketmap.py")
 
     def test_exim_long_line(self) -> None:
         """A line over max_request_size is refused whether its newline comes with it or later."""

@@ -46,18 +46,8 @@ ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 # Bugs found by this harness in files its author may not change, reported
 # for a fix; while suppressed, a target skips the inputs that reach them so a
 # long run can look for other bugs. `run --no-suppress` turns them back on.
-KNOWN_ISSUES = {
-    "socketmap-fired-deferred": (
-        "socketmap.py: a lookup answering with an already-fired Deferred "
-        "re-enters _process from _answered; ~200 such requests in one segment "
-        "hit RecursionError and lose replies"
-    ),
-}
+KNOWN_ISSUES: dict[str, str] = {}
 suppressed: set[str] = set(KNOWN_ISSUES)
-
-# More lookups answered by already-fired Deferreds than this in one segment
-# reach the known socketmap recursion.
-_FIRED_SAFE = 100
 
 
 class InvariantError(AssertionError):
@@ -279,10 +269,6 @@ def socketmap_target(data: bytes) -> None:
     hold = bool(data[0] & 8)
     stream = data[2:]
     expected = socketmap_model(stream, max_size)
-    if "socketmap-fired-deferred" in suppressed:
-        deferred = sum(1 for c in expected.calls if fired or c[-1][:1] == b"?")
-        if deferred > _FIRED_SAFE:
-            return
     whole = run_socketmap([stream], max_size, fired, hold=False)
     got = netstrings(whole.output)
     check(match_replies(got, expected.replies), "replies differ from the model",
