@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from mxpolicyd.admin import AdminPolicy
 from mxpolicyd.dane import DANE as DANE_SOME
 from mxpolicyd.dane import DANE_ONLY
-from mxpolicyd.judge import HELD, MINIMUM, OVERRIDE, WARNED, WITHDRAWN, judge, remember
+from mxpolicyd.judge import HELD, MINIMUM, WARNED, WITHDRAWN, judge, remember
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.state import DomainState
 from mxpolicyd.store import Store, Stored
@@ -697,16 +697,9 @@ class PolicyCache:
         if note == was:
             return
         metrics = self._metrics
-        if note is not None and note.kind == OVERRIDE:
-            rule = after.override
-            if rule is not None and rule.exempt:
-                metrics.overrides.inc("exempt")
-            elif rule is not None:
-                if rule.postfix is not None:
-                    metrics.overrides.inc("postfix")
-                if rule.exim is not None:
-                    metrics.overrides.inc("exim")
-        elif note is not None and note.kind == MINIMUM:
+        # Answers forced by an override are counted per answer, by the
+        # responders (verdict.forced_by).
+        if note is not None and note.kind == MINIMUM:
             metrics.minimums.inc()
             if log:
                 self._log.warn("{domain} answered TEMP: {rule}", domain=entry.domain,

@@ -123,12 +123,12 @@ class Metrics:
             "Re-evaluations whose verdict was weaker than before.")
         self.reloads = Counter(
             "mxpolicyd_reloads_total", "Configuration reloads, by outcome.", ("outcome",))
-        # The administrator's policy (issue #8), counted when a domain's
-        # answer becomes decided by it, not per lookup: the memoised lookup
-        # path stays free of it.
+        # The administrator's policy: overrides are counted per answer;
+        # minimums and the downgrade guard when a domain's answer comes to
+        # be decided by them.
         self.overrides = Counter(
             "mxpolicyd_overrides_total",
-            "Domain answers decided by an administrator's entry, by kind "
+            "Answers forced by an administrator's entry, by kind "
             "(postfix, exim, exempt).", ("kind",))
         self.minimums = Counter(
             "mxpolicyd_minimum_temps_total",

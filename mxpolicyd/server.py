@@ -23,7 +23,15 @@ from mxpolicyd.config import Profile
 from mxpolicyd.domain import normalise
 from mxpolicyd.metrics import Metrics
 from mxpolicyd.socketmap import Reply
-from mxpolicyd.verdict import NOTFOUND, Action, Verdict, exim_action, exim_reply, postfix_reply
+from mxpolicyd.verdict import (
+    NOTFOUND,
+    Action,
+    Verdict,
+    exim_action,
+    exim_reply,
+    forced_by,
+    postfix_reply,
+)
 
 
 # The first two bytes of a socketmap reply name its status.
@@ -51,6 +59,7 @@ class PostfixResponder:
         self._count_cache = metrics.cache.inc
         self._count_lookup = metrics.lookups.inc
         self._observe = metrics.latency.observe
+        self._count_override = metrics.overrides.inc
         self._memo_limit = memo_limit
         self.set_profiles(profiles)
         cache.on_change(self._forget)
@@ -58,8 +67,9 @@ class PostfixResponder:
     def set_profiles(self, profiles: Mapping[str, Profile]) -> None:
         """Serve these map names from now on (a reload); replies are re-rendered."""
         self._profiles = {name.encode("ascii"): p for name, p in profiles.items()}
-        # (map name, raw key) -> (reply, entry, result label for the metrics)
-        self._memo: dict[tuple[bytes, bytes], tuple[bytes, Entry, str]] = {}
+        # (map name, raw key) -> (reply, entry, result label for the metrics,
+        # the kind of administrator's entry that forced the reply or None)
+        self._memo: dict[tuple[bytes, bytes], tuple[bytes, Entry, str, str | None]] = {}
         self._memo_keys: dict[str, list[tuple[bytes, bytes]]] = {}
 
     def lookup(self, name: bytes, key: bytes) -> Reply:
@@ -67,13 +77,15 @@ class PostfixResponder:
         request = (name, key)
         hit = self._memo.get(request)
         if hit is not None:
-            reply, entry, result = hit
+            reply, entry, result, forced = hit
             now = self._seconds()
             if now < entry.changes_at:
                 entry.used_at = now
                 if now < entry.due_at or self._recheck(entry, request):
                     self._count_cache("hit")
                     self._count_lookup("socketmap", result)
+                    if forced is not None:
+                        self._count_override(forced)
                     self._observe(perf_counter() - started, "socketmap")
                     return reply
         found = self._lookup(name, key)
@@ -109,17 +121,19 @@ class PostfixResponder:
         entry = self._cache.current(domain)
         if entry is not None:
             self._metrics.cache.inc("hit")
-            reply = postfix_reply(entry.verdict, profile)
+            reply = self._render(entry.verdict, profile)
             self._remember(name, key, reply, entry)
             return reply
         self._metrics.cache.inc("miss")
         verdict = self._cache.lookup(domain)
         if isinstance(verdict, Deferred):
             return verdict.addCallback(self._render, profile)
-        return postfix_reply(verdict, profile)
+        return self._render(verdict, profile)
 
-    @staticmethod
-    def _render(verdict: Verdict, profile: Profile) -> bytes:
+    def _render(self, verdict: Verdict, profile: Profile) -> bytes:
+        forced = forced_by(verdict, "postfix")
+        if forced is not None:
+            self._count_override(forced)
         return postfix_reply(verdict, profile)
 
     def _remember(self, name: bytes, key: bytes, reply: bytes, entry: Entry) -> None:
@@ -131,7 +145,8 @@ class PostfixResponder:
         k = (name, key)
         if k not in self._memo:
             self._memo_keys.setdefault(entry.domain, []).append(k)
-        self._memo[k] = (reply, entry, _RESULTS.get(reply[:2], "other"))
+        self._memo[k] = (reply, entry, _RESULTS.get(reply[:2], "other"),
+                         forced_by(entry.verdict, "postfix"))
 
     def _forget(self, domain: str) -> None:
         for k in self._memo_keys.pop(domain, ()):
@@ -160,5 +175,8 @@ class EximResponder:
 
     def _counted(self, verdict: Verdict, started: float) -> bytes:
         self._metrics.lookups.inc("exim", exim_action(verdict))
+        forced = forced_by(verdict, "exim")
+        if forced is not None:
+            self._metrics.overrides.inc(forced)
         self._metrics.latency.observe(perf_counter() - started, "exim")
         return exim_reply(verdict)

@@ -168,6 +168,21 @@ def exim_reply(verdict: Verdict) -> bytes:
     return _ascii(" ".join(words)) + b"\n"
 
 
+def forced_by(verdict: Verdict, protocol: str) -> str | None:
+    """
+    The kind of administrator's entry that decides this answer for
+    C{protocol} (C{"postfix"} or C{"exim"}), for the overrides metric:
+    C{"exempt"}, the protocol's name, or None when the evidence decides.
+    """
+    override = verdict.override
+    if override is None:
+        return None
+    if override.exempt:
+        return "exempt"
+    forced = override.postfix if protocol == "postfix" else override.exim
+    return None if forced is None else protocol
+
+
 def exim_action(verdict: Verdict) -> str:
     """The action Exim is told, a forced one included (for metrics)."""
     override = verdict.override

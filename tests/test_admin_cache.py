@@ -311,7 +311,8 @@ class ExemptionTests(SynchronousTestCase):
         self.assertEqual(self.exim.lookup(D.encode()),
                          b'action=none rule="forced by the administrator '
                          b"(domain.'example.test'.exempt)\"\n")
-        self.assertEqual(self.metrics.overrides.values, {("exempt",): 1})
+        # Every answer the exemption forced is counted, memoised ones too.
+        self.assertEqual(self.metrics.overrides.values, {("exempt",): 3})
         self.assertEqual(self.metrics.lookups.values[("exim", "none")], 1)
         self.clock.advance(2 * DAY - 1)
         self.assertEqual(self.ask(), b"NOTFOUND ")
@@ -320,6 +321,7 @@ class ExemptionTests(SynchronousTestCase):
         reply = self.exim.lookup(D.encode())
         assert isinstance(reply, bytes)
         self.assertTrue(reply.startswith(b'action=sts-enforce mx="mx.example.test"'))
+        self.assertEqual(self.metrics.overrides.values, {("exempt",): 4})
 
     def test_set_admin_redecides_lazily(self) -> None:
         """A new policy re-decides a cached entry at its next lookup; the same policy changes nothing."""
@@ -331,6 +333,25 @@ class ExemptionTests(SynchronousTestCase):
         changes_at = entry.changes_at
         self.cache.set_admin(AdminPolicy())
         self.assertEqual(entry.changes_at, changes_at)
+
+
+class ForcedAnswerMetricTests(SynchronousTestCase):
+    def test_forced_postfix_counted_per_answer(self) -> None:
+        """A forced Postfix policy is counted for each Postfix answer, not for Exim's evidence answer."""
+        clock = Clock()
+        clock.advance(END)
+        metrics = Metrics()
+        cache = PolicyCache(clock, ScriptedEvaluator(), metrics=metrics)
+        rule = AdminRule(D, 'domain."example.test"', postfix="encrypt")
+        cache.set_admin(AdminPolicy(rules={D: rule}))
+        cache.load([(D, enforced(clock.seconds()))])
+        responder = PostfixResponder(clock, cache, BUILTIN_PROFILES, metrics=metrics)
+        for _ in range(3):
+            self.assertEqual(responder.lookup(b"postfix", D.encode()), b"OK encrypt")
+        reply = EximResponder(cache, metrics).lookup(D.encode())
+        assert isinstance(reply, bytes)
+        self.assertTrue(reply.startswith(b"action=sts-enforce"))
+        self.assertEqual(metrics.overrides.values, {("postfix",): 3})
 
 
 class PendingTests(SynchronousTestCase):
