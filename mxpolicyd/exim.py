@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mxpolicyd.socketmap import Refusals
+
 Reply = Union[bytes, Deferred[bytes]]
 Lookup = Callable[[bytes], Reply]
 
@@ -130,10 +132,10 @@ class EximFactory(Factory):
         self.max_request_size = max_request_size
         self.max_connections = max_connections
         self.connections = 0
+        self.refusals = Refusals(clock, self._log, "Exim", "exim.max_connections")
 
     def buildProtocol(self, addr: object) -> EximProtocol | None:
         if self.connections >= self.max_connections:
-            self._log.warn("Refusing Exim connection from {peer}: {count} open "
-                           "(exim.max_connections)", peer=addr, count=self.connections)
+            self.refusals.refused(addr, self.connections)
             return None
         return EximProtocol(self)

@@ -218,6 +218,39 @@ class SocketmapProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
+class Refusals:
+    """
+    Connections refused at a listener's limit, logged at most once a
+    minute: a client storm must not become a log storm too.
+    """
+
+    interval = 60.0
+
+    def __init__(self, clock: IReactorTime, log: Logger, what: str, key: str) -> None:
+        self._clock = clock
+        self._log = log
+        self._what = what
+        self._key = key
+        self._since_logged = 0
+        self._logged = -self.interval
+        self.total = 0
+
+    def refused(self, peer: object, count: int) -> None:
+        self.total += 1
+        self._since_logged += 1
+        now = self._clock.seconds()
+        if now - self._logged < self.interval:
+            return
+        self._log.warn(
+            "Refusing {what} connection from {peer}: {count} connections open ({key}); "
+            "{refused} refused since the last such line, which comes at most once a minute",
+            what=self._what, peer=peer, count=count, key=self._key,
+            refused=self._since_logged,
+        )
+        self._logged = now
+        self._since_logged = 0
+
+
 class SocketmapFactory(Factory):
     """Serves socketmap lookups; refuses connections beyond a limit."""
 
@@ -238,16 +271,12 @@ class SocketmapFactory(Factory):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections = 0
+        self.refusals = Refusals(clock, self._log, "socketmap", "socketmap.max_connections")
 
     def buildProtocol(self, addr: IAddress) -> SocketmapProtocol | None:  # type: ignore[override]
         if self.connections >= self.max_connections:
             # Postfix sees the close, retries once, then defers the mail:
             # nothing is lost, and the daemon stays responsive.
-            self._log.warn(
-                "Refusing socketmap connection from {peer}: {count} connections "
-                "open (socketmap.max_connections)",
-                peer=addr,
-                count=self.connections,
-            )
+            self.refusals.refused(addr, self.connections)
             return None
         return SocketmapProtocol(self)

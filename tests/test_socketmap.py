@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import Logger
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -219,6 +221,21 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.factory.buildProtocol(ADDR))
         second.connectionLost(None)
         self.assertIsNotNone(self.factory.buildProtocol(ADDR))
+
+    def test_refusals_logged_once_a_minute(self) -> None:
+        """A storm of refused connections logs one line a minute, with the count since the last."""
+        events: list[dict[str, Any]] = []
+        self.factory.refusals._log = Logger(observer=events.append)  # type: ignore[misc]
+        second = self.factory.buildProtocol(ADDR)
+        assert second is not None
+        second.makeConnection(StringTransport())
+        for _ in range(5):
+            self.assertIsNone(self.factory.buildProtocol(ADDR))
+        self.clock.advance(60)
+        self.assertIsNone(self.factory.buildProtocol(ADDR))
+        self.assertEqual([e["refused"] for e in events], [1, 5])
+        self.assertEqual(events[0]["key"], "socketmap.max_connections")
+        self.assertEqual(self.factory.refusals.total, 6)
 
 
 class ShortSocket:
