@@ -49,7 +49,7 @@ def _observer(stream: TextIO, level: LogLevel) -> FilteringLogObserver:
 
     def emit(event: dict[str, Any]) -> None:
         text = formatEvent(event)
-        if _UDP_CHATTER.match(text):
+        if _twisted_chatter(event, text):
             return
         if "log_failure" in event:
             text += "\n" + event["log_failure"].getTraceback().rstrip()
@@ -64,9 +64,26 @@ def _observer(stream: TextIO, level: LogLevel) -> FilteringLogObserver:
     )
 
 
-# Twisted logs every UDP port's opening and closing, unconditionally: one
-# pair per DNS query, which would drown the log.
-_UDP_CHATTER = re.compile(r"_DatagramQuery starting on \d+$|\(UDP Port \d+ Closed\)$")
+# What Twisted logs unconditionally (through its legacy log.msg, or from
+# twisted.internet in newer releases): every port's
+# opening and closing (one pair per DNS query over UDP, which would drown the
+# log), and its own words on shutdown.  The daemon says once, in its own
+# words, where it listens and that it stops.
+_TWISTED_CHATTER = re.compile(
+    r".+ starting on (?:\d+|b?'.*')"
+    r"|\((?:TCP |UDP |UNIX )?Port .+ Closed\)"
+    r"|Received SIG[A-Z]+, shutting down\."
+    r"|Main loop terminated\."
+)
+
+
+def _twisted_chatter(event: dict[str, Any], text: str) -> bool:
+    """Whether C{event} is one of Twisted's routine lines (never one of ours)."""
+    namespace = event.get("log_namespace") or ""
+    return ((namespace == "log_legacy" or namespace.startswith("twisted.internet."))
+            and "log_failure" not in event
+            and not event.get("isError")
+            and _TWISTED_CHATTER.fullmatch(text) is not None)
 
 _SYSLOG = {
     LogLevel.debug: 7,
@@ -81,6 +98,17 @@ def _journald(stream: TextIO) -> bool:
     import os
 
     return stream is sys.stderr and bool(os.environ.get("JOURNAL_STREAM"))
+
+
+def _begin_logging(level: LogLevel) -> None:
+    globalLogBeginner.beginLoggingTo([_observer(sys.stderr, level)], redirectStandardIO=False)
+
+
+def _debug(args: argparse.Namespace, what: str, data: Any) -> None:
+    """With --debug, an administrator's command shows what it exchanged."""
+    if args.debug:
+        print("mxpolicyd: %s %s" % (what, data if isinstance(data, str) else repr(data)),
+              file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -116,10 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mxpolicyd.tap import make_daemon
 
     config = _load(args)
-    globalLogBeginner.beginLoggingTo(
-        [_observer(sys.stderr, LogLevel.debug if args.debug else LogLevel.info)],
-        redirectStandardIO=False,
-    )
+    _begin_logging(LogLevel.debug if args.debug else LogLevel.info)
     try:
         _check_listeners(config, reactor)
     except ConfigError as e:
@@ -146,15 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             lambda signum, frame: reactor.callFromThread(
                 notify.reload, lambda: daemon.reload(args.config)),
         )
-        from twisted.logger import Logger
-
-        Logger(namespace="mxpolicyd").info(
-            "mxpolicyd {version} serving socketmap on {listen}; reading the store "
-            "{path} in the background",
-            version=__version__,
-            listen=", ".join(config.socketmap.listen),
-            path=daemon.store.path,
-        )
+        _announce(config, daemon.store.path, reactor)
         return Deferred()
 
     try:
@@ -162,6 +179,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     return 0
+
+
+def _announce(config: Config, store: str, reactor: Any) -> None:
+    """
+    The daemon's own start and stop lines, in place of Twisted's one line per
+    listener: where it listens, and on a signal, what stopping involves.
+    """
+    from twisted.logger import Logger
+
+    log = Logger(namespace="mxpolicyd")
+    listeners = [
+        "%s on %s" % (what, ", ".join(where))
+        for what, where in (
+            ("socketmap", config.socketmap.listen),
+            ("exim", config.exim.listen),
+            ("metrics", config.metrics.listen),
+            ("control", [config.control.socket] if config.control.socket else []),
+        )
+        if where
+    ]
+    log.info(
+        "mxpolicyd {version} serving {listeners}; reading the store {path} in the "
+        "background",
+        version=__version__, listeners="; ".join(listeners), path=store,
+    )
+
+    def say_stopping(signum: int) -> None:
+        log.info("mxpolicyd received {signal}: closing the listeners and flushing "
+                 "the store", signal=signal.Signals(signum).name)
+
+    def wrap_handlers() -> None:
+        # Twisted installs its handlers as the reactor starts; ours run first
+        # and leave the shutdown itself to them.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            twisted_handler = signal.getsignal(signum)
+            if not callable(twisted_handler):
+                continue
+
+            def handler(number: int, frame: Any, then: Any = twisted_handler) -> None:
+                reactor.callFromThread(say_stopping, number)
+                then(number, frame)
+
+            signal.signal(signum, handler)
+
+    reactor.callWhenRunning(wrap_handlers)
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: log.info("mxpolicyd stopped"))
 
 
 def _client_address(config: Config, override: str | None) -> tuple[int, Any]:
@@ -195,6 +258,10 @@ def _client_address(config: Config, override: str | None) -> tuple[int, Any]:
     )
 
 
+def _where(address: Any) -> str:
+    return address if isinstance(address, str) else "%s:%d" % tuple(address[:2])
+
+
 def socketmap_request(family: int, address: Any, name: str, key: bytes,
                       timeout: float = 100.0) -> bytes:
     """One blocking socketmap exchange, as Postfix would do it."""
@@ -218,7 +285,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     config = _load(args)
     try:
         family, address = _client_address(config, args.socket)
+        _debug(args, "asking", "%s map %s for %r" % (_where(address), args.map, args.domain))
         reply = socketmap_request(family, address, args.map, args.domain.encode("utf-8"))
+        _debug(args, "reply", reply)
     except (OSError, ConfigError) as e:
         print("mxpolicyd: cannot query the daemon: %s" % (e,), file=sys.stderr)
         return EXIT_ERROR
@@ -413,8 +482,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print("mxpolicyd: cache %s needs a DOMAIN" % args.action, file=sys.stderr)
             return EXIT_ERROR
         request["domain"] = args.domain
+    _debug(args, "control request to %s:" % path, json.dumps(request))
     try:
         reply = control_request(path, request)
+        _debug(args, "control reply:", json.dumps(reply))
     except (OSError, ValueError) as e:
         print("mxpolicyd: cannot reach the daemon at %s: %s" % (path, e), file=sys.stderr)
         return EXIT_ERROR
@@ -483,6 +554,11 @@ def cmd_import_config(args: argparse.Namespace) -> int:
 
     from mxpolicyd.migrate import DEFAULT_SOURCES, MigrateError, convert, read_yaml
 
+    if args.config is not None:
+        print("mxpolicyd import-config: --config names mxpolicyd's own file, which "
+              "import-config does not read; give the YAML file as the argument and "
+              "the TOML to write with --output", file=sys.stderr)
+        return EXIT_ERROR
     source = args.file
     if source is None:
         found = [path for path in DEFAULT_SOURCES if os.path.exists(path)]
@@ -511,21 +587,36 @@ def cmd_import_config(args: argparse.Namespace) -> int:
     return EXIT_FOUND
 
 
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """
+    C{--config} and C{--debug}, on the top parser and again on every
+    subcommand, so both C{mxpolicyd --config F query} and C{mxpolicyd query
+    --config F} work.  The subcommands' copies default to nothing at all
+    (SUPPRESS): argparse would otherwise write their defaults over a value
+    given before the subcommand.  Given both ways, the later one wins.
+    """
+    p.add_argument("--config", "-c", metavar="FILE",
+                   default=None if top else argparse.SUPPRESS,
+                   help="configuration file (default /etc/mxpolicyd/mxpolicyd.toml "
+                   "if it exists, else the embedded defaults)")
+    p.add_argument("--debug", action="store_true",
+                   default=False if top else argparse.SUPPRESS,
+                   help="log debug events (and, for query and cache, the exchange)")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="FILE",
-                        help="configuration file (default /etc/mxpolicyd/mxpolicyd.toml "
-                        "if it exists, else the embedded defaults)")
+    _global_options(common, top=False)
     p = argparse.ArgumentParser(
-        prog="mxpolicyd", parents=[common],
-        description="MTA-STS and DANE TLS policy daemon for Postfix and Exim.")
+        prog="mxpolicyd",
+        description="MTA-STS and DANE TLS policy daemon for Postfix and Exim.",
+        epilog="--config and --debug may come before or after the command.")
+    _global_options(p, top=True)
     p.add_argument("--version", action="version", version=__version__)
-    p.add_argument("--debug", action="store_true", help="log debug events")
     p.set_defaults(func=cmd_run)
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run the daemon (the default)")
-    r.add_argument("--debug", action="store_true", help="log debug events")
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("query", parents=[common],
@@ -559,7 +650,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", parents=[common], help="validate the configuration")
     c.set_defaults(func=cmd_check_config)
 
-    i = sub.add_parser("import-config",
+    i = sub.add_parser("import-config", parents=[common],
                        help="convert postfix-mta-sts-resolver's YAML configuration to TOML")
     i.add_argument("file", nargs="?", metavar="FILE",
                    help="default /etc/mta-sts-daemon.yml, else /etc/postfix/mta-sts-daemon.yml")
@@ -572,4 +663,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.debug and args.func is not cmd_run:
+        # The daemon begins its own logging; a command logs only when asked.
+        _begin_logging(LogLevel.debug)
     raise SystemExit(args.func(args))

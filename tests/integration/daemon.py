@@ -300,14 +300,23 @@ class Daemon:
         return postmap_many(keys, name, host=host, port=port, config_dir=self.postfix_config)
 
     def cli(
-        self, *args: str, config_path: Path | None = None, timeout: float = 60.0
+        self,
+        *args: str,
+        config_path: Path | None = None,
+        config_first: bool = False,
+        timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m mxpolicyd ARGS --config FILE`` (this daemon's config by default)."""
+        """
+        Run ``python -m mxpolicyd ARGS --config FILE`` (this daemon's config by
+        default), or ``python -m mxpolicyd --config FILE ARGS`` with ``config_first``.
+        """
         if config_path is None:
             config_path = self.config_path
             config_path.write_text(toml_text(self.config))
+        option = ["--config", str(config_path)]
+        argv = [*option, *args] if config_first else [*args, *option]
         return subprocess.run(
-            [sys.executable, "-m", "mxpolicyd", *args, "--config", str(config_path)],
+            [sys.executable, "-m", "mxpolicyd", *argv],
             cwd=REPO_ROOT,
             env=self.environment(),
             stdin=subprocess.DEVNULL,
