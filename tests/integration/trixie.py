@@ -1,7 +1,8 @@
 """
 Debian trixie's Postfix 3.10 for the TLSRPT profile's tests: a minbase trixie
-tree made by debootstrap once and cached (``/var/cache/mxpolicyd-tests/trixie``,
-or ``$MXPOLICYD_TRIXIE_TREE``), and a private Postfix instance run inside it
+tree with Postfix, made by debootstrap once and cached by debian_tree.py
+(``/var/cache/mxpolicyd-tests/trixie``, or ``$MXPOLICYD_TRIXIE_TREE``; the
+pristine install tests use copies of it), and a private Postfix instance run inside it
 with chroot(8). The tree shares the host's network namespace, so Postfix in it
 reaches the daemon on 127.0.0.1, the validating resolver and the SMTP sinks.
 
@@ -11,22 +12,18 @@ rebuilt only when it is missing or incomplete (no ``.complete`` stamp).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Sequence
 
-from .addresses import RESOLVER_ADDRESS
+from . import debian_tree
+from .debian_tree import CHROOT, in_tree
 from .postfix import Postfix
 
-DEBOOTSTRAP = "/usr/sbin/debootstrap"
-CHROOT = "/usr/sbin/chroot"
-MIRROR = os.environ.get("MXPOLICYD_TRIXIE_MIRROR", "http://deb.debian.org/debian")
-DEFAULT_TREE = Path("/var/cache/mxpolicyd-tests/trixie")
-STAMP = ".complete"
+__all__ = ["TrixiePostfix", "ensure_tree", "in_tree", "postfix_version", "tree_path"]
+
+DEFAULT_TREE = debian_tree.CACHE / "trixie"
 
 
 def tree_path() -> Path:
@@ -34,53 +31,8 @@ def tree_path() -> Path:
 
 
 def ensure_tree(tree: Path, timeout: float = 900.0) -> Path:
-    """
-    The trixie tree with Postfix, built now if missing. A lock serialises
-    concurrent runs (worktrees share the cache); the tree is built beside its
-    final path and renamed, so an interrupted build leaves no half tree.
-    """
-    if (tree / STAMP).exists():
-        return tree
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    with open(tree.parent / (tree.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (tree / STAMP).exists():
-            return tree
-        if not os.access(DEBOOTSTRAP, os.X_OK):
-            raise RuntimeError(
-                f"{DEBOOTSTRAP} is missing (Debian package debootstrap): run tests/run as root"
-            )
-        building = tree.parent / (tree.name + ".build")
-        shutil.rmtree(building, ignore_errors=True)
-        started = time.monotonic()
-        r = subprocess.run(
-            [DEBOOTSTRAP, "--variant=minbase", "--include=postfix", "trixie",
-             str(building), MIRROR],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-        )
-        if r.returncode != 0:
-            raise RuntimeError(
-                f"debootstrap trixie into {building} failed ({r.returncode}):\n"
-                + (r.stdout + r.stderr)[-3000:]
-            )
-        # Nothing in the tree may ask the host's resolver: only the test world's.
-        resolv = building / "etc" / "resolv.conf"
-        if resolv.is_symlink() or resolv.exists():
-            resolv.unlink()
-        resolv.write_text(f"nameserver {RESOLVER_ADDRESS}\noptions trust-ad\n")
-        (building / STAMP).write_text(f"built in {time.monotonic() - started:.0f} s from {MIRROR}\n")
-        shutil.rmtree(tree, ignore_errors=True)
-        building.rename(tree)
-    return tree
-
-
-def in_tree(tree: Path, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` inside the tree (chroot(8)), capturing its output."""
-    return subprocess.run(
-        [CHROOT, str(tree), *argv], stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=timeout,
-    )
+    """The trixie tree with Postfix (debian_tree.py), built now if missing."""
+    return debian_tree.ensure_tree("trixie", tree, include=["postfix"], timeout=timeout)
 
 
 def postfix_version(tree: Path) -> str:
