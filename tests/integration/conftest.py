@@ -112,14 +112,23 @@ def shared_daemon(world: World) -> Iterator[Daemon]:
     daemon.stop()
 
 
+# Tests of Debian trees rather than of the Python stack: tests/run runs them
+# once, in its debian leg.
+DEBIAN_LEG_ONLY = ("trixie", "pristine")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """
-    MXPOLICYD_TRIXIE=skip deselects the Postfix 3.10 tests: tests/run runs
-    them in its debian leg only, since they test Postfix, not the Python stack.
+    MXPOLICYD_LEG=pypi (tests/run's pypi leg) deselects the tests marked
+    with a DEBIAN_LEG_ONLY marker: trixie's Postfix 3.10 and the pristine
+    installs test Debian, not the newest PyPI releases, so once is enough.
     """
-    if os.environ.get("MXPOLICYD_TRIXIE") != "skip":
+    if os.environ.get("MXPOLICYD_LEG") != "pypi":
         return
-    kept = [item for item in items if item.get_closest_marker("trixie") is None]
+    kept = [
+        item for item in items
+        if not any(item.get_closest_marker(m) for m in DEBIAN_LEG_ONLY)
+    ]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
