@@ -30,6 +30,10 @@ FAULTY_POLICY_ADDRESS = "127.0.0.46"
 # The SMTP sinks of the delivery tests, one MX address per test.
 SINK_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(61, 71))
 SMTP_PORT = 25
+# The daemon's default socketmap listener, which test_install.py's daemons
+# (started as README.md and the .deb start them) take, as does packaging/smoke-test.
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 8461
 # Where nothing listens: servfail.test's nameserver and unbound's root hint.
 DEAD_ADDRESS = "127.0.0.99"
 
