@@ -96,8 +96,8 @@ def ensure_tree(
             resolv.unlink()
         resolv.write_text(f"nameserver {RESOLVER_ADDRESS}\noptions trust-ad\n")
         (building / STAMP).write_text(
-            f"debootstrap --variant=minbase {suite} {' '.join(include)}: "
-            f"built in {time.monotonic() - started:.0f} s from {mirror}\n"
+            f"{' '.join(argv)} {suite}: built in {time.monotonic() - started:.0f} s "
+            f"from {mirror}\n"
         )
         shutil.rmtree(path, ignore_errors=True)
         building.rename(path)
