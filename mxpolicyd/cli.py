@@ -15,8 +15,8 @@ import os
 import re
 import signal
 import socket
-import time
 import sys
+import time
 from typing import Any, Sequence, TextIO, cast
 
 from twisted.internet.defer import Deferred
@@ -30,10 +30,10 @@ from twisted.logger import (
 )
 
 from mxpolicyd import __version__
-from mxpolicyd.config import Config, ConfigError, load
-from mxpolicyd.domain import normalise
-from mxpolicyd.socketmap import netstring
-from mxpolicyd.times import utc
+from mxpolicyd.config.load import Config, ConfigError, load
+from mxpolicyd.evidence.names import normalise
+from mxpolicyd.ops.times import utc
+from mxpolicyd.protocols.socketmap import netstring
 
 EXIT_FOUND = 0
 EXIT_NOTFOUND = 1
@@ -140,7 +140,7 @@ def _check_listeners(config: Config, reactor: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor, task
 
-    from mxpolicyd.systemd import Notifier, NotifyService
+    from mxpolicyd.ops.systemd import Notifier, NotifyService
     from mxpolicyd.tap import make_daemon
 
     config = _load(args)
@@ -307,9 +307,10 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from twisted.internet import task
 
-    from mxpolicyd.judge import administration, judge
+    from mxpolicyd.answers.render import exim_reply, postfix_reply
+    from mxpolicyd.policy.judge import administration, judge
+    from mxpolicyd.policy.verdict import decide
     from mxpolicyd.tap import build_evaluator
-    from mxpolicyd.verdict import decide, exim_reply, postfix_reply
 
     config = _load(args)
     domain = normalise(args.domain.encode("utf-8"))
@@ -552,7 +553,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_import_config(args: argparse.Namespace) -> int:
     import os
 
-    from mxpolicyd.migrate import DEFAULT_SOURCES, MigrateError, convert, read_yaml
+    from mxpolicyd.config.migrate import (
+        DEFAULT_SOURCES,
+        MigrateError,
+        convert,
+        read_yaml,
+    )
 
     if args.config is not None:
         print("mxpolicyd import-config: --config names mxpolicyd's own file, which "

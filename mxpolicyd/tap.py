@@ -25,23 +25,28 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from mxpolicyd.admin import ExpiryWatch
-from mxpolicyd.cache import PolicyCache
-from mxpolicyd.config import Config, ConfigError, load
-from mxpolicyd.dane import DaneEvaluator
-from mxpolicyd.evaluator import Evaluator
-from mxpolicyd.fetch import PolicyFetcher
-from mxpolicyd.mtasts import StsEvaluator
-from mxpolicyd.resolver import Resolver, system_nameservers
-from mxpolicyd.refresher import Refresher
-from mxpolicyd.control import ControlCommands, ControlFactory
-from mxpolicyd.exim import EximFactory
-from mxpolicyd.metrics import Metrics, MetricsResource
-from mxpolicyd.server import EximResponder, PostfixResponder
-from mxpolicyd.socketmap import SocketmapFactory
-from mxpolicyd.redisstore import RedisStore
-from mxpolicyd.resp import RedisClient
-from mxpolicyd.store import DurableStore, SQLiteStore, StoreService
+from mxpolicyd.answers.control import ControlCommands
+from mxpolicyd.answers.exim import EximResponder
+from mxpolicyd.answers.postfix import PostfixResponder
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.refresher import Refresher
+from mxpolicyd.config.expiry import ExpiryWatch
+from mxpolicyd.config.load import Config, ConfigError, load
+from mxpolicyd.evidence.dane_lookups import DaneEvaluator
+from mxpolicyd.evidence.evaluator import Evaluator
+from mxpolicyd.evidence.sts_discovery import StsEvaluator
+from mxpolicyd.net.dns import Resolver, system_nameservers
+from mxpolicyd.net.https import PolicyFetcher
+from mxpolicyd.net.redis import RedisClient
+from mxpolicyd.ops.metrics import Metrics, MetricsResource
+from mxpolicyd.policy.verdict import Verdict, first_answer
+from mxpolicyd.protocols.control import ControlFactory
+from mxpolicyd.protocols.exim import EximFactory
+from mxpolicyd.protocols.socketmap import SocketmapFactory
+from mxpolicyd.store.base import DurableStore
+from mxpolicyd.store.redis import RedisStore
+from mxpolicyd.store.service import StoreService
+from mxpolicyd.store.sqlite import SQLiteStore
 
 _log = Logger()
 
@@ -96,6 +101,12 @@ def build_evaluator(config: Config, reactor: Any) -> Evaluator:
     return Evaluator(sts, dane)
 
 
+def first_answers(evaluator: Evaluator) -> Callable[[str], Verdict]:
+    """What a lookup answers while a domain's first evaluation runs."""
+    return lambda domain: first_answer(domain, evaluator.partial_dane(domain),
+                                       evaluator.dane_enabled)
+
+
 @dataclass
 class Daemon:
     service: MultiService
@@ -137,7 +148,7 @@ class Daemon:
             if before != after:
                 _log.warn("Reload: {what} changed; restart mxpolicyd to apply it",
                           what=what)
-        self.cache.set_evaluator(evaluator, evaluator.pending, config.lookup.deadline)
+        self.cache.set_evaluator(evaluator, first_answers(evaluator), config.lookup.deadline)
         self.cache.set_bounds(config.lookup.max_negative, config.lookup.max_waiting)
         self.responder.set_profiles(config.profiles)
         # After set_profiles dropped the memo: entries re-decide lazily.
@@ -254,7 +265,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         store,
         deadline=config.lookup.deadline,
         max_evaluations=config.lookup.max_evaluations,
-        pending=evaluator.pending,
+        pending=first_answers(evaluator),
         lease=config.store.lease,
         metrics=metrics,
         max_negative=config.lookup.max_negative,
@@ -313,7 +324,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         # lock file lets a restart replace a socket left by a crash.
         control = [
             ("unix:%s:mode=660:lockfile=1" % config.control.socket,
-             ControlFactory(ControlCommands(cache)))
+             ControlFactory(ControlCommands(cache).run))
         ]
     for description, serving in (
         [(d, factory) for d in config.socketmap.listen]

@@ -10,8 +10,8 @@ import dns.rdataclass
 import dns.rdatatype
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mxpolicyd.fetch import FetchError
-from mxpolicyd.resolver import Answer, DNSError
+from mxpolicyd.net.dns import Answer, DNSError
+from mxpolicyd.net.https import FetchError
 
 TXT = dns.rdatatype.TXT
 

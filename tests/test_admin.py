@@ -1,5 +1,5 @@
 """
-Tests for L{mxpolicyd.admin}: the [policy] and [domain."..."] tables, the
+Tests for L{mxpolicyd.policy.admin}: the [policy] and [domain."..."] tables, the
 Postfix policy grammar check, matching a domain to its entry, and the
 warnings about entries that end.
 """
@@ -14,8 +14,10 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.admin import AdminPolicy, AdminRule, ExpiryWatch, check_postfix
-from mxpolicyd.config import ConfigError, load, parse
+from mxpolicyd.config.expiry import ExpiryWatch
+from mxpolicyd.config.load import ConfigError, load, parse
+from mxpolicyd.config.postfix import check_postfix
+from mxpolicyd.policy.admin import AdminPolicy, AdminRule
 
 ENV = {"HOME": "/home/u"}
 DAY = 86400.0

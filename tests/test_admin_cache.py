@@ -18,18 +18,27 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.admin import AdminPolicy, AdminRule
-from mxpolicyd.cache import PolicyCache
-from mxpolicyd.config import BUILTIN_PROFILES, load, parse
-from mxpolicyd.control import ControlCommands
-from mxpolicyd.dane import DANE_ONLY, NONE, TEMP, USABLE, DaneState, HostEvidence
-from mxpolicyd.metrics import Metrics
-from mxpolicyd.server import EximResponder, PostfixResponder
-from mxpolicyd.state import DomainState, Remembered, StsState
-from mxpolicyd.store import SQLiteStore
-from mxpolicyd.sts import StsPolicy
+from mxpolicyd.answers.control import ControlCommands
+from mxpolicyd.answers.exim import EximResponder
+from mxpolicyd.answers.postfix import PostfixResponder
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.config.load import load, parse
+from mxpolicyd.evidence.dane import (
+    DANE_ONLY,
+    NONE,
+    TEMP,
+    USABLE,
+    DaneState,
+    HostEvidence,
+)
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.admin import AdminPolicy, AdminRule
+from mxpolicyd.policy.verdict import Action, Verdict
+from mxpolicyd.store.sqlite import SQLiteStore
 from mxpolicyd.tap import Daemon, build_evaluator
-from mxpolicyd.verdict import Action, Verdict
 
 from .test_cache import RecordingStore, ScriptedEvaluator
 
@@ -417,8 +426,9 @@ class ExplainOutputTests(SynchronousTestCase):
         import sys
 
         from mxpolicyd import cli
-        from mxpolicyd.judge import administration, judge
-        from mxpolicyd.verdict import decide, exim_reply, postfix_reply
+        from mxpolicyd.answers.render import exim_reply, postfix_reply
+        from mxpolicyd.policy.judge import administration, judge
+        from mxpolicyd.policy.verdict import decide
 
         now = 1_000_000.0
         rule = AdminRule(D, 'domain."example.test"', subdomains=True, postfix="encrypt",

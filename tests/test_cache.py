@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.cache}: coalescing, deadlines, stale-while-revalidate."""
+"""Tests for L{mxpolicyd.cache.policycache}: coalescing, deadlines, stale-while-revalidate."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache import PolicyCache
-from mxpolicyd.dane import DANE_ONLY, TEMP, DaneState
-from mxpolicyd.metrics import Metrics
-from mxpolicyd.state import DomainState, Remembered, StsState
-from mxpolicyd.store import Stored
-from mxpolicyd.sts import StsPolicy
-from mxpolicyd.verdict import Action, Verdict, pending
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.evidence.dane import DANE_ONLY, TEMP, DaneState
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.verdict import Action, Verdict, first_answer
+from mxpolicyd.store.base import Stored
 
 ENFORCE = StsPolicy("enforce", 86400, ("mx.example.test",))
 
@@ -571,7 +571,7 @@ class WaitingBoundTests(SynchronousTestCase):
         self.metrics = Metrics()
         self.cache = PolicyCache(
             self.clock, self.evaluator, None, max_evaluations=2, max_waiting=1,
-            pending=lambda domain: pending(domain, None, True), metrics=self.metrics,
+            pending=lambda domain: first_answer(domain, None, True), metrics=self.metrics,
         )
 
     def test_beyond_the_queue_answered_at_once(self) -> None:

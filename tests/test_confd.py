@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.config import ConfigError, load
+from mxpolicyd.config.load import ConfigError, load
 
 ENV = {"HOME": "/home/x"}
 

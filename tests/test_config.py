@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.config}: defaults and errors that name the key."""
+"""Tests for L{mxpolicyd.answers.profiles}: defaults and errors that name the key."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.config import (
-    BUILTIN_PROFILES,
-    ConfigError,
-    Profile,
-    default_state_directory,
-    load,
-    parse,
-)
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES, Profile
+from mxpolicyd.config.load import ConfigError, default_state_directory, load, parse
 
 
 class ConfigTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.control}: administrators' commands over the control socket."""
+"""Tests for L{mxpolicyd.protocols.control}: administrators' commands over the control socket."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.control import ControlCommands, ControlFactory
+from mxpolicyd.answers.control import ControlCommands
+from mxpolicyd.protocols.control import ControlFactory
 
 from .test_server import EnforceWorld
 
@@ -20,7 +21,7 @@ class ControlTests(EnforceWorld):
         self.commands = ControlCommands(self.cache)
 
     def ask(self, request: Any) -> dict[str, Any]:
-        proto = ControlFactory(self.commands).buildProtocol(None)
+        proto = ControlFactory(self.commands.run).buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
         line = request if isinstance(request, bytes) else json.dumps(request).encode()
@@ -81,7 +82,7 @@ class ControlTests(EnforceWorld):
 class ControlConfigTests(SynchronousTestCase):
     def test_default_socket(self) -> None:
         """The control socket lives in systemd's RuntimeDirectory, else the state directory."""
-        from mxpolicyd.config import parse
+        from mxpolicyd.config.load import parse
 
         self.assertEqual(parse({}, "t", {"HOME": "/h"}).control.socket,
                          "/h/.local/state/mxpolicyd/control.sock")

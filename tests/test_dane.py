@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.dane}: RFC 7672 evaluation over a scripted resolver."""
+"""Tests for L{mxpolicyd.evidence.dane}: RFC 7672 evaluation over a scripted resolver."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.dane import (
+from mxpolicyd.evidence.dane import (
     DANE,
     DANE_ONLY,
     INDETERMINATE,
@@ -23,15 +23,16 @@ from mxpolicyd.dane import (
     TEMP,
     UNUSABLE,
     USABLE,
-    DaneEvaluator,
     DaneState,
     HostEvidence,
     classify,
     usable,
 )
-from mxpolicyd.evaluator import Evaluator
-from mxpolicyd.mtasts import StsEvaluator
-from mxpolicyd.verdict import Action
+from mxpolicyd.evidence.dane_lookups import DaneEvaluator
+from mxpolicyd.evidence.evaluator import Evaluator
+from mxpolicyd.evidence.sts_discovery import StsEvaluator
+from mxpolicyd.policy.verdict import Action
+from mxpolicyd.tap import first_answers
 
 from .fakes import FakeFetcher, FakeResolver, answer, empty
 
@@ -299,14 +300,14 @@ class CombinedEvaluatorTests(SynchronousTestCase):
         self.dns.answers[("_mta-sts." + D, dns.rdatatype.TXT)] = txt
         self.dns.answers[(D, MX)] = mx
         d = self.evaluator.evaluate(D, None)
-        self.assertEqual(self.evaluator.pending(D).action, Action.TEMP)
+        self.assertEqual(first_answers(self.evaluator)(D).action, Action.TEMP)
         mx.callback(answer(D, MX, "10 mx.example.test.", secure=False))
-        self.assertEqual(self.evaluator.pending(D).action, Action.NONE)
+        self.assertEqual(first_answers(self.evaluator)(D).action, Action.NONE)
         txt.callback(empty("_mta-sts." + D, dns.rdatatype.TXT))
         state = self.successResultOf(d)
         assert state.dane is not None
         self.assertEqual(state.dane.status, NONE)
-        self.assertEqual(self.evaluator.pending(D).action, Action.TEMP)
+        self.assertEqual(first_answers(self.evaluator)(D).action, Action.TEMP)
 
 
 class GraceTests(SynchronousTestCase):
@@ -369,7 +370,7 @@ class DaneLogTests(SynchronousTestCase):
     def lines(self, level: LogLevel) -> list[str]:
         return [formatEvent(e) for e in self.events
                 if e.get("log_level") == level
-                and str(e.get("log_namespace", "")).startswith("mxpolicyd.dane")]
+                and str(e.get("log_namespace", "")).startswith("mxpolicyd.evidence.dane")]
 
     def test_kept_result_logged_as_kept(self) -> None:
         """An indeterminate re-check within the grace says it keeps the old result, and until when."""

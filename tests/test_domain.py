@@ -1,5 +1,5 @@
 """
-Tests for mxpolicyd.domain: which socketmap keys get a lookup, under which name.
+Tests for mxpolicyd.evidence.names: which socketmap keys get a lookup, under which name.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.domain import is_valid_hostname, normalise
+from mxpolicyd.evidence.names import is_valid_hostname, normalise
 
 A = TypeVar("A")
 R = TypeVar("R")

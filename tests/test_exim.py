@@ -1,18 +1,19 @@
-"""Tests for L{mxpolicyd.exim} and the Exim reply: readsocket's two ways of ending a request."""
+"""Tests for L{mxpolicyd.protocols.exim} and the Exim reply: readsocket's two ways of ending a request."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.exim import EximFactory, EximProtocol
-from mxpolicyd.sts import StsPolicy
-from mxpolicyd.verdict import Action, Verdict, exim_reply
+from mxpolicyd.answers.render import exim_reply
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.policy.verdict import Action, Verdict
+from mxpolicyd.protocols.exim import EximFactory, EximProtocol
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 POLICY = StsPolicy("enforce", 604800, ("mail.example.test", "*.example.net"))

@@ -1,5 +1,5 @@
 """
-Tests for mxpolicyd.fetch: HTTP semantics through treq's in-memory agent, and
+Tests for mxpolicyd.net.https: HTTP semantics through treq's in-memory agent, and
 the real path (our DNS answers, TCP by IP, TLS with SNI and name checks)
 through a MemoryReactorClock wired to an in-memory TLS server.
 """
@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -30,11 +31,15 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from treq.testing import RequestTraversalAgent
 
-from mxpolicyd import fetch
-from mxpolicyd.fetch import FetchError, PolicyFetcher, is_public_address, load_trust_root
-from mxpolicyd.resolver import Answer, DNSError
+from mxpolicyd.net import https as fetch
+from mxpolicyd.net.dns import Answer, DNSError
+from mxpolicyd.net.https import (
+    FetchError,
+    PolicyFetcher,
+    is_public_address,
+    load_trust_root,
+)
 
 A = 1
 AAAA = 28
@@ -772,7 +777,7 @@ class QuietPoolTests(SynchronousTestCase):
         """Policy fetches log no 'Starting factory' lines: the pool's factory is quiet."""
         from twisted.internet.testing import MemoryReactorClock
 
-        from mxpolicyd.fetch import _quiet_pool
+        from mxpolicyd.net.https import _quiet_pool
 
         pool = _quiet_pool(MemoryReactorClock())
         self.assertFalse(pool._factory.noisy)

@@ -1,5 +1,5 @@
 """
-Tests for L{mxpolicyd.judge}: security levels, minimums, the downgrade
+Tests for L{mxpolicyd.policy.judge}: security levels, minimums, the downgrade
 guard and memory, overrides, and the forced answers the renderers write.
 All pure: table tests with no reactor.
 """
@@ -10,9 +10,9 @@ from dataclasses import replace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.admin import AdminPolicy, AdminRule
-from mxpolicyd.config import BUILTIN_PROFILES
-from mxpolicyd.dane import (
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES
+from mxpolicyd.answers.render import exim_action, exim_reply, postfix_reply
+from mxpolicyd.evidence.dane import (
     DANE,
     DANE_ONLY,
     INSECURE,
@@ -25,7 +25,10 @@ from mxpolicyd.dane import (
     DaneState,
     HostEvidence,
 )
-from mxpolicyd.judge import (
+from mxpolicyd.evidence.state import FOREVER, DomainState, Remembered, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.policy.admin import AdminPolicy, AdminRule
+from mxpolicyd.policy.judge import (
     HELD,
     MINIMUM,
     OVERRIDE,
@@ -39,9 +42,7 @@ from mxpolicyd.judge import (
     remember,
     withdrawn,
 )
-from mxpolicyd.state import FOREVER, DomainState, Remembered, StsState
-from mxpolicyd.sts import StsPolicy
-from mxpolicyd.verdict import Action, Verdict, decide, exim_action, exim_reply, postfix_reply
+from mxpolicyd.policy.verdict import Action, Verdict, decide
 
 NOW = 10_000_000.0
 DAY = 86400.0

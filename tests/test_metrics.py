@@ -1,20 +1,21 @@
-"""Tests for L{mxpolicyd.metrics} and the counting done on the lookup paths."""
+"""Tests for L{mxpolicyd.ops.metrics} and the counting done on the lookup paths."""
 
 from __future__ import annotations
 
 import os
 
-from twisted.internet.testing import MemoryReactorClock
 from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from mxpolicyd.config import load
-from mxpolicyd.metrics import Counter, Histogram, Metrics, MetricsResource
-from mxpolicyd.server import EximResponder, PostfixResponder
-from mxpolicyd.config import BUILTIN_PROFILES
-from mxpolicyd.cache import PolicyCache
+from mxpolicyd.answers.exim import EximResponder
+from mxpolicyd.answers.postfix import PostfixResponder
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.config.load import load
+from mxpolicyd.ops.metrics import Counter, Histogram, Metrics, MetricsResource
 from mxpolicyd.tap import Daemon, build_evaluator
 
 from .test_server import EnforceWorld

@@ -1,5 +1,5 @@
 """
-Tests for mxpolicyd.migrate and ``mxpolicyd import-config``: every documented
+Tests for mxpolicyd.config.migrate and ``mxpolicyd import-config``: every documented
 key of postfix-mta-sts-resolver's mta-sts-daemon.yml converts to TOML that
 mxpolicyd's own configuration loader accepts, with the same meaning.
 """
@@ -18,8 +18,14 @@ from unittest import mock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mxpolicyd.cli import EXIT_ERROR, EXIT_FOUND, main
-from mxpolicyd.config import Config, parse
-from mxpolicyd.migrate import Conversion, MigrateError, convert, read_yaml, redis_endpoint
+from mxpolicyd.config.load import Config, parse
+from mxpolicyd.config.migrate import (
+    Conversion,
+    MigrateError,
+    convert,
+    read_yaml,
+    redis_endpoint,
+)
 
 # Every key mta-sts-daemon.yml(5) documents, as a decoded document.
 EVERYTHING: dict[str, Any] = {
@@ -254,7 +260,7 @@ class ImportConfigCommandTests(SynchronousTestCase):
 
     def run_main(self, *argv: str, document: Any = None) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        with mock.patch("mxpolicyd.migrate.read_yaml", return_value=document), \
+        with mock.patch("mxpolicyd.config.migrate.read_yaml", return_value=document), \
                 redirect_stdout(out), redirect_stderr(err):
             try:
                 main(list(argv))

@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.mtasts}: RFC 8461 cache semantics, on a Clock."""
+"""Tests for L{mxpolicyd.evidence.sts_discovery}: RFC 8461 cache semantics, on a Clock."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.fetch import FetchError
-from mxpolicyd.mtasts import REFRESH_AFTER, StsEvaluator
-from mxpolicyd.state import StsState
+from mxpolicyd.evidence.state import StsState
+from mxpolicyd.evidence.sts_discovery import REFRESH_AFTER, StsEvaluator
+from mxpolicyd.net.https import FetchError
 
 from .fakes import TXT, FakeFetcher, FakeResolver, policy, txt
 
@@ -253,7 +253,7 @@ class StsLogTests(SynchronousTestCase):
     def lines(self, level: LogLevel) -> list[str]:
         return [formatEvent(e) for e in self.events
                 if e.get("log_level") == level
-                and str(e.get("log_namespace", "")).startswith("mxpolicyd.mtasts")]
+                and str(e.get("log_namespace", "")).startswith("mxpolicyd.evidence.sts_discovery")]
 
     def test_outage_warns_once(self) -> None:
         """30 TXT timeouts while cached policies are kept: one warning, 29 debug lines, one recovery line."""

@@ -17,9 +17,16 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.domain import MAX_NAME_LENGTH, is_valid_hostname, normalise
-from mxpolicyd.socketmap import netstring
-from mxpolicyd.sts import MAX_AGE_LIMIT, StsError, StsPolicy, StsRecord, parse_policy, parse_txt
+from mxpolicyd.evidence.names import MAX_NAME_LENGTH, is_valid_hostname, normalise
+from mxpolicyd.evidence.sts import (
+    MAX_AGE_LIMIT,
+    StsError,
+    StsPolicy,
+    StsRecord,
+    parse_policy,
+    parse_txt,
+)
+from mxpolicyd.protocols.socketmap import netstring
 from tests.fuzz import targets
 from tests.fuzz.targets import (
     EXIM_TIMEOUT,

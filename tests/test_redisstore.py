@@ -1,5 +1,5 @@
 """
-Tests for L{mxpolicyd.redisstore}: the fleet store over the real client and
+Tests for L{mxpolicyd.store.redis}: the fleet store over the real client and
 protocol, talking through StringTransports to a Redis made of a dict; and its
 [store] settings and assembly.
 """
@@ -18,12 +18,12 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.config import ConfigError, parse
-from mxpolicyd.redisstore import RedisStore, ttl
-from mxpolicyd.resp import RedisClient, RedisError, RedisUnavailable, ReplyParser
-from mxpolicyd.state import DomainState, StsState
-from mxpolicyd.store import SQLiteStore
-from mxpolicyd.sts import StsPolicy
+from mxpolicyd.config.load import ConfigError, parse
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable, ReplyParser
+from mxpolicyd.store.redis import RedisStore, ttl
+from mxpolicyd.store.sqlite import SQLiteStore
 from mxpolicyd.tap import make_store
 
 START = 1_000_000.0

@@ -1,17 +1,15 @@
-"""Tests for L{mxpolicyd.refresher}: the schedule, on a Clock."""
+"""Tests for L{mxpolicyd.cache.refresher}: the schedule, on a Clock."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache import PolicyCache
-from mxpolicyd.refresher import Refresher
-from mxpolicyd.state import DomainState, StsState
-from mxpolicyd.sts import StsPolicy
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.refresher import Refresher
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
 
 from .test_cache import RecordingStore, ScriptedEvaluator
 

@@ -1,5 +1,5 @@
 """
-Tests for mxpolicyd.resolver: the DNS client run against a fake reactor that
+Tests for mxpolicyd.net.dns: the DNS client run against a fake reactor that
 records UDP ports and TCP connections, with responses built by dnspython and
 fed straight into the protocols. No network, no global reactor.
 """
@@ -16,7 +16,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from mxpolicyd.resolver import Answer, DNSError, Resolver, system_nameservers
+from mxpolicyd.net.dns import Answer, DNSError, Resolver, system_nameservers
 
 TLSA = dns.rdatatype.TLSA
 A = dns.rdatatype.A

@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.resp}: the RESP2 codec, the pipelined protocol, the reconnecting client."""
+"""Tests for L{mxpolicyd.net.redis}: the RESP2 codec, the pipelined protocol, the reconnecting client."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.resp import (
+from mxpolicyd.net.redis import (
     RedisClient,
     RedisError,
     RedisProtocol,

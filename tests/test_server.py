@@ -1,5 +1,5 @@
 """
-Tests for L{mxpolicyd.server}: the lookup path from socketmap bytes to reply
+Tests for L{mxpolicyd.answers.postfix}: the lookup path from socketmap bytes to reply
 bytes, with the real codec, cache and MTA-STS evaluator over fake DNS/HTTPS.
 """
 
@@ -11,12 +11,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache import PolicyCache
-from mxpolicyd.config import BUILTIN_PROFILES
-from mxpolicyd.evaluator import Evaluator
-from mxpolicyd.mtasts import StsEvaluator
-from mxpolicyd.server import EximResponder, PostfixResponder
-from mxpolicyd.socketmap import SocketmapFactory, netstring
+from mxpolicyd.answers.exim import EximResponder
+from mxpolicyd.answers.postfix import PostfixResponder
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.evidence.evaluator import Evaluator
+from mxpolicyd.evidence.sts_discovery import StsEvaluator
+from mxpolicyd.protocols.socketmap import SocketmapFactory, netstring
 
 from .fakes import TXT, FakeFetcher, FakeResolver, policy, txt
 

@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.socketmap}: the netstring codec, with StringTransport."""
+"""Tests for L{mxpolicyd.protocols.limits}: the netstring codec, with StringTransport."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import errno
 import socket
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import Logger
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.socketmap import SocketmapFactory, SocketmapProtocol, netstring
+from mxpolicyd.protocols.socketmap import SocketmapFactory, SocketmapProtocol, netstring
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 

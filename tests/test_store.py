@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.store}: write-behind SQLite, corruption, write failures."""
+"""Tests for L{mxpolicyd.store.base}: write-behind SQLite, corruption, write failures."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.state import DomainState, StsState
-from mxpolicyd.store import SQLiteStore, StoreService
-from mxpolicyd.sts import StsPolicy
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.store.service import StoreService
+from mxpolicyd.store.sqlite import SQLiteStore
 
 STATE = DomainState(
     sts=StsState(policy=StsPolicy("enforce", 86400, ("mx.example.test",)),

@@ -17,10 +17,10 @@ from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.redisstore import RedisStore
-from mxpolicyd.resp import RedisClient
-from mxpolicyd.state import DomainState
-from mxpolicyd.store import SQLiteStore
+from mxpolicyd.evidence.state import DomainState
+from mxpolicyd.net.redis import RedisClient
+from mxpolicyd.store.redis import RedisStore
+from mxpolicyd.store.sqlite import SQLiteStore
 from tests.test_redisstore import FakeRedis
 
 DATA = Path(__file__).parent / "data"

@@ -1,5 +1,5 @@
 """
-Tests for mxpolicyd.sts: RFC 8461 TXT record and policy parsing, MX patterns.
+Tests for mxpolicyd.evidence.sts: RFC 8461 TXT record and policy parsing, MX patterns.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.domain import is_valid_hostname
-from mxpolicyd.sts import (
+from mxpolicyd.answers.render import postfix_match
+from mxpolicyd.evidence.names import is_valid_hostname
+from mxpolicyd.evidence.sts import (
     MAX_AGE_LIMIT,
     MAX_POLICY_SIZE,
     StsError,
@@ -21,7 +22,6 @@ from mxpolicyd.sts import (
     mx_matches,
     parse_policy,
     parse_txt,
-    postfix_match,
 )
 
 

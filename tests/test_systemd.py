@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.systemd}: sd_notify over a real AF_UNIX datagram socket."""
+"""Tests for L{mxpolicyd.ops.systemd}: sd_notify over a real AF_UNIX datagram socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.systemd import Notifier, NotifyService
+from mxpolicyd.ops.systemd import Notifier, NotifyService
 
 
 class _Listener:
@@ -199,7 +199,7 @@ class SocketActivationConfigTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactor
 
         from mxpolicyd.cli import _check_listeners
-        from mxpolicyd.config import ConfigError, parse
+        from mxpolicyd.config.load import ConfigError, parse
 
         self.patch(os, "environ", {"HOME": "/h"})
         good = parse({"socketmap": {"listen": ["systemd:domain=INET:index=0"]}}, "t.toml", {"HOME": "/h"})

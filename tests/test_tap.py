@@ -8,7 +8,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.config import parse
+from mxpolicyd.config.load import parse
 from mxpolicyd.tap import build_evaluator
 
 
@@ -107,11 +107,11 @@ class ReloadBoundsTests(SynchronousTestCase):
 
         from twisted.application.service import MultiService
 
-        from mxpolicyd.cache import PolicyCache
-        from mxpolicyd.config import load
-        from mxpolicyd.metrics import Metrics
-        from mxpolicyd.server import PostfixResponder
-        from mxpolicyd.state import DomainState
+        from mxpolicyd.answers.postfix import PostfixResponder
+        from mxpolicyd.cache.policycache import PolicyCache
+        from mxpolicyd.config.load import load
+        from mxpolicyd.evidence.state import DomainState
+        from mxpolicyd.ops.metrics import Metrics
         from mxpolicyd.tap import Daemon
 
         directory = os.path.abspath(self.mktemp())

@@ -1,16 +1,17 @@
-"""Tests for L{mxpolicyd.verdict}: the answer table and the Postfix replies."""
+"""Tests for L{mxpolicyd.policy.verdict}: the answer table and the Postfix replies."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from dataclasses import replace
 
-from mxpolicyd.config import BUILTIN_PROFILES, Profile
-from mxpolicyd.dane import DANE, DANE_ONLY, NONE, TEMP, DaneState
-from mxpolicyd.state import DomainState, StsState
-from mxpolicyd.sts import StsPolicy
-from mxpolicyd.verdict import Action, Verdict, decide, pending, postfix_reply
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.answers.profiles import BUILTIN_PROFILES, Profile
+from mxpolicyd.answers.render import postfix_reply
+from mxpolicyd.evidence.dane import DANE, DANE_ONLY, NONE, TEMP, DaneState
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
 
 NOW = 10_000.0
 MX = ("mail.example.test", "*.example.net")
@@ -62,11 +63,11 @@ class DecideTests(SynchronousTestCase):
 
     def test_pending(self) -> None:
         """At the deadline: TEMP while DANE is unknown, its verdict once known, else NOTFOUND."""
-        self.assertEqual(pending("d.test", None, False).action, Action.NONE)
-        self.assertEqual(pending("d.test", None, True).action, Action.TEMP)
-        self.assertEqual(pending("d.test", DaneState(NONE), True).action, Action.NONE)
-        self.assertEqual(pending("d.test", DaneState(DANE_ONLY), True).action, Action.DANE_ONLY)
-        self.assertEqual(pending("d.test", DaneState(TEMP, "x"), True).action, Action.TEMP)
+        self.assertEqual(first_answer("d.test", None, False).action, Action.NONE)
+        self.assertEqual(first_answer("d.test", None, True).action, Action.TEMP)
+        self.assertEqual(first_answer("d.test", DaneState(NONE), True).action, Action.NONE)
+        self.assertEqual(first_answer("d.test", DaneState(DANE_ONLY), True).action, Action.DANE_ONLY)
+        self.assertEqual(first_answer("d.test", DaneState(TEMP, "x"), True).action, Action.TEMP)
 
 
 class PostfixReplyTests(SynchronousTestCase):

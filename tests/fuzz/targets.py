@@ -25,10 +25,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from mxpolicyd.domain import MAX_NAME_LENGTH, is_valid_hostname, normalise
-from mxpolicyd.exim import EximFactory
-from mxpolicyd.socketmap import SocketmapFactory
-from mxpolicyd.sts import (
+from mxpolicyd.answers.render import postfix_match
+from mxpolicyd.evidence.names import MAX_NAME_LENGTH, is_valid_hostname, normalise
+from mxpolicyd.evidence.sts import (
     MAX_AGE_LIMIT,
     MAX_POLICY_SIZE,
     MODES,
@@ -38,8 +37,9 @@ from mxpolicyd.sts import (
     mx_matches,
     parse_policy,
     parse_txt,
-    postfix_match,
 )
+from mxpolicyd.protocols.exim import EximFactory
+from mxpolicyd.protocols.socketmap import SocketmapFactory
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping
 import pytest
 
 from mxpolicyd.cli import socketmap_request
-from mxpolicyd.socketmap import netstring
+from mxpolicyd.protocols.socketmap import netstring
 
 from .addresses import FAULTY_POLICY_ADDRESS, POLICY_PORT, ensure_free
 from .case import IntegrationTestCase

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase

@@ -1,0 +1,688 @@
+"""
+HTTPS fetch of an MTA-STS policy body (RFC 8461 section 3.3): the MTA-STS
+evaluator hands in a domain whose ``_mta-sts`` TXT record asked for a fetch,
+and gets back the raw bytes of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``
+or a L{FetchError} whose C{kind} says which step failed. The policy host is
+resolved through the daemon's own DNS client (never getaddrinfo), connected to
+by IP with SNI, PKIX and hostname checks, and the whole exchange runs under one
+deadline with a cap on the decoded body. Parsing the body is not done here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dns.rdatatype
+from OpenSSL import SSL
+from service_identity import VerificationError
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import (
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    URI,
+    Agent,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IResponse
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+    from mxpolicyd.net.dns import Answer
+
+
+__all__ = ["KINDS", "FetchError", "PolicyFetcher", "is_public_address", "load_trust_root"]
+
+
+POLICY_PATH = "/.well-known/mta-sts.txt"
+
+
+# Kinds of FetchError, in the order the exchange can fail.
+KINDS = (
+    "dns",
+    "blocked",
+    "connect",
+    "tls",
+    "status",
+    "redirect",
+    "content-type",
+    "too-large",
+    "timeout",
+    "http",
+)
+
+
+# A TCP connect to one address may take this long before the next address is
+# tried, so a black-holed IPv6 route does not eat the whole deadline.
+CONNECT_ATTEMPT_TIMEOUT = 10.0
+
+
+# After a complete response the HTTP layer closes the connection gracefully;
+# a peer that never answers the TLS close_notify is cut off after this long.
+_CLOSE_GRACE = 5.0
+
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+# Twisted >= 23.8 lets TLS take the reactor used to batch small writes; older
+# versions have no such argument (and use the reactor they are given anyway).
+_WRAP_TLS_TAKES_CLOCK = "clock" in inspect.signature(wrapClientTLS).parameters
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    # One "Starting factory"/"Stopping factory" pair per fetch is noise.
+    noisy = False
+
+
+def _quiet_pool(reactor: Any) -> HTTPConnectionPool:
+    """No persistent connections (RFC 8461 fetches are rare), no log noise."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    return pool
+
+
+class FetchError(Exception):
+    """
+    A policy fetch that produced no usable body; C{kind} is one of L{KINDS}
+    so that callers can count failures and pick a retry strategy by it.
+    """
+
+    def __init__(self, domain: str, kind: str, message: str) -> None:
+        message = _one_line(message)
+        super().__init__(domain, kind, message)
+        self.domain = domain
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """
+    Squeeze text that may come from a hostile server into one short line of
+    printable ASCII, fit for a log line or an answer to an administrator.
+    """
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 3] + "..."
+    return cleaned
+
+
+def is_public_address(address: str) -> bool:
+    """
+    Whether a policy host address may be connected to when private addresses
+    are blocked, so that a hostile domain cannot aim the fetch at services
+    inside the network.
+
+    Blocked: loopback, RFC 1918 and ULA, link-local, unspecified, multicast,
+    CGNAT (100.64.0.0/10), reserved ranges and everything else Python's
+    C{ipaddress} does not call global, which includes the documentation
+    ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32):
+    they never route on the internet. IPv6 forms that carry an IPv4 address
+    (IPv4-mapped, NAT64 64:ff9b::/96, 6to4) are judged by that address.
+    """
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            address
+        )
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return False
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_unspecified
+        or ip.is_multicast
+        or ip.is_reserved
+    )
+
+
+def load_trust_root(path: str) -> IOpenSSLTrustRoot:
+    """
+    Trust exactly the CA certificates in one PEM file, so that tests and
+    closed deployments can use their own CA. Raises L{ValueError} naming the
+    file when it holds no certificate.
+    """
+    with open(path, "rb") as f:
+        pem = f.read()
+    blocks = _PEM_CERTIFICATE.findall(pem)
+    if not blocks:
+        raise ValueError(f"{path}: no PEM certificate found (expected a CA bundle)")
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable PEM certificate: {e}") from e
+    return trustRootFromCertificates(certificates)
+
+
+class _Connections:
+    """
+    The TCP connections opened for one fetch, so that a deadline, an
+    oversized body or any other failure can cut them off whatever state the
+    HTTP and TLS layers are in.
+    """
+
+    def __init__(self) -> None:
+        self.protocols: list[IProtocol] = []
+
+    def abort(self) -> None:
+        for protocol in self.protocols:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not getattr(transport, "disconnected", False):
+                transport.abortConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class _AddressListEndpoint:
+    """
+    Connect to the first of a list of addresses that accepts, one at a time,
+    each attempt bounded; the addresses come from our DNS client, so no name
+    lookup happens here.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        addresses: Sequence[str],
+        port: int,
+        attempt_timeout: float,
+        connections: _Connections,
+    ) -> None:
+        self._reactor = reactor
+        self._host = host
+        self._addresses = tuple(addresses)
+        self._port = port
+        self._attempt_timeout = attempt_timeout
+        self._connections = connections
+
+    def connect(self, protocolFactory: Any) -> Deferred[IProtocol]:
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: Any) -> IProtocol:
+        failures: list[tuple[str, ConnectError]] = []
+        for address in self._addresses:
+            endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            endpoint = endpoint_type(
+                self._reactor, address, self._port, timeout=self._attempt_timeout
+            )
+            self._log.debug(
+                "Connecting to {address} port {port} for {host}",
+                address=address,
+                port=self._port,
+                host=self._host,
+            )
+            try:
+                protocol = await endpoint.connect(factory)
+            except ConnectError as e:
+                self._log.debug(
+                    "Connection to {address} for {host} failed: {error}",
+                    address=address,
+                    host=self._host,
+                    error=e,
+                )
+                failures.append((address, e))
+                continue
+            self._connections.protocols.append(protocol)
+            return protocol
+        raise _NoConnection(failures)
+
+
+class _NoConnection(ConnectError):
+    """Every address of the policy host refused or timed out."""
+
+    def __init__(self, failures: list[tuple[str, ConnectError]]) -> None:
+        super().__init__(string="no address accepted")
+        self.failures = failures
+
+    def describe(self, port: int) -> str:
+        if not self.failures:
+            return "no address to connect to"
+        return "; ".join(
+            f"{address} port {port}: {str(error).rstrip('.')}"
+            for address, error in self.failures
+        )
+
+
+@implementer(IAgentEndpointFactory)
+class _PolicyHostEndpoints:
+    """
+    Route the request for C{https://mta-sts.<domain>/...} to the addresses we
+    resolved, under TLS for the policy host name, so that the URL (and so the
+    Host header, SNI and certificate check) keeps the name while the socket
+    goes to the IP.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        tls_options: IOpenSSLClientConnectionCreator,
+        addresses: _AddressListEndpoint,
+        reactor: Any,
+    ) -> None:
+        self._host = host
+        self._tls_options = tls_options
+        self._addresses = addresses
+        self._reactor = reactor
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme != b"https" or uri.host != self._host.encode("ascii"):
+            raise ValueError(
+                f"refusing to connect to {uri.toBytes()!r}: only the policy host "
+                f"{self._host} is allowed"
+            )
+        if _WRAP_TLS_TAKES_CLOCK:
+            return wrapClientTLS(self._tls_options, self._addresses, clock=self._reactor)
+        return wrapClientTLS(self._tls_options, self._addresses)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class _CappedBody(Protocol):
+    """
+    Collect a response body, giving up as soon as it grows past the cap (and
+    when cancelled) by stopping the transport, so that a server cannot make
+    us buffer or wait forever. treq.collect cannot be cancelled, hence this.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._chunks: list[bytes] = []
+        self._finished = False
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._finish()
+            self.done.errback(_TooLarge(self._size))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._chunks = []
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class PolicyFetcher:
+    """
+    Fetches MTA-STS policy bodies. One instance serves the whole daemon; each
+    fetch builds its own non-persistent Agent, so nothing (connections,
+    cookies, cached responses) carries over from one domain to another.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Any,
+        trust_root: str | None = None,
+        timeout: float = 60.0,
+        max_size: int = 65536,
+        port: int = 443,
+        block_private: bool = False,
+        *,
+        connect_timeout: float = CONNECT_ATTEMPT_TIMEOUT,
+        agent_factory: Callable[[Sequence[str]], IAgent] | None = None,
+    ) -> None:
+        """
+        @param resolver: our DNS client (L{mxpolicyd.net.dns.Resolver}); the
+            policy host is resolved through it and nothing else.
+        @param trust_root: path of a PEM file of CA certificates to trust
+            instead of the system store; read now, so a bad file fails at
+            start-up.
+        @param timeout: deadline in seconds over the whole exchange, from the
+            first DNS query to the last body byte.
+        @param max_size: largest accepted body, in decoded bytes.
+        @param port: TCP port of the policy host (443 but for tests).
+        @param block_private: refuse addresses that are not public, see
+            L{is_public_address}.
+        @param connect_timeout: time allowed to each address's TCP connect.
+        @param agent_factory: builds the HTTP agent from the resolved
+            addresses in place of the real TLS one; for tests.
+        """
+        self._reactor = reactor
+        self._resolver = resolver
+        self._trust: IOpenSSLTrustRoot = (
+            platformTrust() if trust_root is None else load_trust_root(trust_root)
+        )
+        self._timeout = timeout
+        self._max_size = max_size
+        self._port = port
+        self._block_private = block_private
+        self._connect_timeout = connect_timeout
+        self._agent_factory = agent_factory
+
+    def fetch(self, domain: str) -> Deferred[bytes]:
+        """
+        The body of C{https://mta-sts.<domain>/.well-known/mta-sts.txt}, or a
+        L{FetchError}. C{domain} is an A-label name without trailing dot.
+        """
+        host = "mta-sts." + domain.rstrip(".").lower()
+
+        def timed_out(result: object, timeout: float) -> object:
+            if isinstance(result, Failure):
+                self._log.debug(
+                    "Policy fetch from {host} hit its {timeout} s deadline",
+                    host=host,
+                    timeout=timeout,
+                )
+                raise FetchError(
+                    domain,
+                    "timeout",
+                    f"{host}: no complete response within {timeout:g} s",
+                )
+            return result
+
+        d = Deferred.fromCoroutine(self._fetch(domain, host))
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=timed_out)
+        return d
+
+    async def _fetch(self, domain: str, host: str) -> bytes:
+        if not _valid_host(host):
+            raise FetchError(domain, "dns", f"{host!r}: not a valid host name")
+        self._log.debug("Resolving {host} to fetch the MTA-STS policy", host=host)
+        addresses = await self._resolve(domain, host)
+        connections = _Connections()
+        agent = self._agent(host, addresses, connections)
+        url = f"https://{host}{POLICY_PATH}"
+        try:
+            response: IResponse = await HTTPClient(agent).get(
+                url,
+                headers=Headers({"Accept": ["text/plain"]}),
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=self._reactor,
+            )
+            self._log.debug("HTTP {code} from {host}", code=response.code, host=host)
+            self._check_response(domain, host, response)
+            body = await self._read_body(domain, host, response)
+        except FetchError as e:
+            connections.abort()
+            self._log.debug("Policy fetch from {host} failed: {error}", host=host, error=e)
+            raise
+        except Exception as e:
+            connections.abort()
+            error = _classify(domain, host, self._port, e)
+            self._log.debug(
+                "Policy fetch from {host} failed: {error}", host=host, error=error
+            )
+            raise error from e
+        if connections.protocols:
+            self._reactor.callLater(_CLOSE_GRACE, connections.abort)
+        self._log.debug(
+            "Read {size} byte MTA-STS policy from {host}", size=len(body), host=host
+        )
+        return body
+
+    async def _resolve(self, domain: str, host: str) -> list[str]:
+        """
+        The policy host's addresses, IPv6 first, each family in the order the
+        resolver returned it; one family failing is fine if the other answers.
+        """
+        families = [("AAAA", dns.rdatatype.AAAA), ("A", dns.rdatatype.A)]
+        queries = [
+            maybeDeferred(self._resolver.query, host, int(rdtype))
+            for _, rdtype in families
+        ]
+        results = await DeferredList(queries, consumeErrors=True)
+        addresses: list[str] = []
+        problems: list[str] = []
+        for (family, _), (ok, result) in zip(families, results):
+            if not ok:
+                error = result.value
+                problems.append(
+                    f"{family} {getattr(error, 'kind', type(error).__name__)}"
+                )
+                continue
+            found = _addresses_of(result)
+            if not found:
+                problems.append(f"{family} none")
+            for address in found:
+                if address not in addresses:
+                    addresses.append(address)
+        self._log.debug(
+            "{host} has addresses {addresses}", host=host, addresses=addresses
+        )
+        if not addresses:
+            raise FetchError(
+                domain, "dns", f"{host}: no address ({', '.join(problems)})"
+            )
+        if self._block_private:
+            allowed = [a for a in addresses if is_public_address(a)]
+            if not allowed:
+                raise FetchError(
+                    domain,
+                    "blocked",
+                    f"{host}: only non-public addresses ({', '.join(addresses)})",
+                )
+            addresses = allowed
+        return addresses
+
+    def _agent(
+        self, host: str, addresses: Sequence[str], connections: _Connections
+    ) -> IAgent:
+        if self._agent_factory is not None:
+            return self._agent_factory(addresses)
+        return Agent.usingEndpointFactory(
+            self._reactor,
+            self.endpoint_factory(host, addresses, connections),
+            pool=_quiet_pool(self._reactor),
+        )
+
+    def endpoint_factory(
+        self,
+        host: str,
+        addresses: Sequence[str],
+        connections: _Connections | None = None,
+    ) -> IAgentEndpointFactory:
+        """
+        Where the Agent's request for the policy URL really goes: TLS for
+        C{host} over TCP to C{addresses} in order.
+        """
+        return _PolicyHostEndpoints(
+            host,
+            self.tls_options(host),
+            _AddressListEndpoint(
+                self._reactor,
+                host,
+                addresses,
+                self._port,
+                min(self._connect_timeout, self._timeout),
+                connections if connections is not None else _Connections(),
+            ),
+            self._reactor,
+        )
+
+    def tls_options(self, host: str) -> IOpenSSLClientConnectionCreator:
+        """SNI, chain to the trust root, name check for C{host}, TLS >= 1.2."""
+        return optionsForClientTLS(
+            host,
+            trustRoot=self._trust,
+            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+        )
+
+    def _check_response(self, domain: str, host: str, response: IResponse) -> None:
+        code = response.code
+        if 300 <= code < 400:
+            location = (response.headers.getRawHeaders("location") or ["(none)"])[0]
+            raise FetchError(
+                domain,
+                "redirect",
+                f"{host}: HTTP {code} redirect to {location}, not followed",
+            )
+        if code != 200:
+            raise FetchError(domain, "status", f"{host}: HTTP status {code}, not 200")
+        types = response.headers.getRawHeaders("content-type")
+        if not types:
+            raise FetchError(domain, "content-type", f"{host}: no Content-Type")
+        for value in types:
+            if value.split(";", 1)[0].strip().lower() != "text/plain":
+                raise FetchError(
+                    domain,
+                    "content-type",
+                    f"{host}: Content-Type {value!r}, not text/plain",
+                )
+        length = response.length
+        if length is not UNKNOWN_LENGTH and isinstance(length, int):
+            if length > self._max_size:
+                raise FetchError(
+                    domain,
+                    "too-large",
+                    f"{host}: Content-Length {length} over the "
+                    f"{self._max_size} byte limit",
+                )
+
+    async def _read_body(self, domain: str, host: str, response: IResponse) -> bytes:
+        reader = _CappedBody(self._max_size)
+        response.deliverBody(reader)
+        try:
+            return await reader.done
+        except _TooLarge as e:
+            raise FetchError(
+                domain,
+                "too-large",
+                f"{host}: body over the {self._max_size} byte limit "
+                f"(stopped at {e.size})",
+            ) from e
+
+
+def _valid_host(host: str) -> bool:
+    if len(host) > 253 or not host.isascii():
+        return False
+    return all(_HOST_LABEL.match(label) for label in host.split("."))
+
+
+def _addresses_of(answer: Answer | Any) -> list[str]:
+    found = []
+    for record in getattr(answer, "records", ()):
+        address = getattr(record, "address", None)
+        if not isinstance(address, str):
+            continue
+        try:
+            found.append(str(ipaddress.ip_address(address)))
+        except ValueError:
+            continue
+    return found
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """
+    An error and what it wraps: twisted.web reports TLS and connection
+    trouble inside ResponseNeverReceived / ResponseFailed C{reasons}.
+    """
+    found = [error]
+    for reason in getattr(error, "reasons", None) or ():
+        value = getattr(reason, "value", reason)
+        if isinstance(value, BaseException):
+            found.extend(_causes(value))
+    return found
+
+
+def _tls_reason(error: SSL.Error) -> str:
+    try:
+        reasons = [str(item[-1]) for item in error.args[0] if item and item[-1]]
+    except (IndexError, TypeError):
+        reasons = []
+    return ", ".join(reasons) or str(error) or "handshake failed"
+
+
+def _classify(domain: str, host: str, port: int, error: BaseException) -> FetchError:
+    """Name the step that failed, for the log and for retry decisions."""
+    causes = _causes(error)
+    for cause in causes:
+        if isinstance(cause, VerificationError):
+            return FetchError(domain, "tls", f"{host}: certificate not valid for this name")
+    for cause in causes:
+        if isinstance(cause, SSL.Error):
+            return FetchError(
+                domain, "tls", f"{host}: TLS handshake failed: {_tls_reason(cause)}"
+            )
+    for cause in causes:
+        if isinstance(cause, _NoConnection):
+            return FetchError(
+                domain, "connect", f"{host}: cannot connect: {cause.describe(port)}"
+            )
+        if isinstance(cause, ConnectError):
+            return FetchError(
+                domain, "connect", f"{host}: cannot connect: {str(cause).rstrip('.')}"
+            )
+    inner = causes[-1]
+    detail = str(inner) or type(inner).__name__
+    if inner is not error:
+        detail = f"{type(error).__name__}: {detail}"
+    return FetchError(domain, "http", f"{host}: {detail}")

@@ -1,0 +1,385 @@
+"""
+The fleet store: domain states in Redis, shared by every daemon of a fleet,
+written behind the memory layer like L{mxpolicyd.store.sqlite.SQLiteStore}.
+
+Each domain is one key, C{<prefix>d:<domain>}, holding the JSON state and
+when a lookup last asked for it, with a TTL long enough for the refresh
+window and for any cached MTA-STS policy (RFC 8461: a policy is kept until
+its max_age runs out), so Redis forgets long-unused domains by itself.  A
+short lease key, C{<prefix>l:<domain>}, makes one daemon refresh a domain
+for the fleet while the others adopt its result.  Redis is never on the hot
+path: puts are batched and flushed by a timer; when Redis is away the batch
+stays in memory, the daemon keeps answering from its cache and refreshing
+on its own, and the batch is written as soon as the connection is back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import socket
+from typing import Any, Iterator
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mxpolicyd.evidence.state import DomainState
+from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable
+from mxpolicyd.store.base import Stored
+
+# A pending write: the state and when it was last used, or None to delete.
+_Write = tuple[DomainState, float] | None
+
+
+def daemon_id() -> str:
+    """Who holds a lease: unique per daemon process, readable in redis-cli."""
+    return "%s/%d/%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(4))
+
+
+def ttl(state: DomainState, now: float, window: float) -> float:
+    """
+    Seconds Redis keeps a domain's key after a write: the refresh window
+    (a domain still in use is rewritten before that), and never less than
+    the cached MTA-STS policy has left to live.
+    """
+    keep = window
+    if state.sts.policy is not None:
+        keep = max(keep, state.sts.expires_at - now)
+    return keep
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class _Walk:
+    """Where a L{RedisStore.scan} has got to."""
+
+    def __init__(self) -> None:
+        self.cursor = b"0"
+        self.done = False
+        self.bad = 0
+
+
+class RedisStore:
+    """Domain states by name in Redis; puts batched, flushed pipelined."""
+
+    shared = True
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        client: RedisClient,
+        clock: IReactorTime,
+        window: float,
+        prefix: str = "mxpolicyd:",
+        owner: str | None = None,
+        chunk: int = 1000,
+    ) -> None:
+        """
+        @param window: the refresh window: a domain unused for this long
+            may be forgotten (unless its MTA-STS policy is still valid).
+        @param owner: this daemon's name in lease keys.
+        @param chunk: commands per pipelined round trip when flushing.
+        """
+        self._client = client
+        self._clock = clock
+        self._window = window
+        self._prefix = prefix
+        self._owner = owner if owner is not None else daemon_id()
+        self._chunk = chunk
+        self.path = client.address
+        self._pending: dict[str, _Write] = {}
+        self._flushing: Deferred[Any] | None = None
+        # Whether the last flush failed: the "unreachable" and "back" log
+        # lines come once per outage.
+        self._outage = False
+        client.on_connect(self._reconnected)
+
+    def _key(self, domain: str) -> str:
+        return "%sd:%s" % (self._prefix, domain)
+
+    def _lease_key(self, domain: str) -> str:
+        return "%sl:%s" % (self._prefix, domain)
+
+    def open(self) -> None:
+        """Start connecting; start-up does not wait for Redis."""
+        self._client.start()
+
+    def close(self) -> None:
+        if self._pending:
+            self._log.warn(
+                "Stopping with {count} domain states not written to {address}; "
+                "the fleet re-evaluates them",
+                count=len(self._pending),
+                address=self.path,
+            )
+        self._client.stop()
+
+    # -- reading ---------------------------------------------------------
+
+    def get(self, domain: str) -> Deferred[Stored | None]:
+        """One domain; fails with L{RedisUnavailable} when Redis is away."""
+        if domain in self._pending:
+            # Not yet flushed: the newest state is in memory.
+            write = self._pending[domain]
+            return succeed(None if write is None else (domain, write[0], write[1]))
+        d: Deferred[Any] = self._client.ready()
+        d.addCallback(lambda _: self._client.execute("GET", self._key(domain)))
+        d.addCallback(lambda raw: None if raw is None else self._decode(domain, raw, True))
+        return d
+
+    def scan(self, batch: int = 2000) -> Iterator[Deferred[list[Stored]]]:
+        """
+        Every stored domain, a batch at a time (SCAN, then MGET of the keys
+        it found).  When Redis cannot be read the walk ends with a warning:
+        the daemon serves and evaluates without it.
+        """
+        walk = _Walk()
+        pattern = _glob_escape(self._prefix) + "d:*"
+        d: Deferred[Any] = self._client.ready()
+        while True:
+            d.addCallback(
+                lambda _: self._client.execute(
+                    "SCAN", walk.cursor, "MATCH", pattern, "COUNT", batch
+                )
+            )
+            d.addCallback(self._scanned, walk)
+            d.addErrback(self._scan_failed, walk)
+            yield d
+            if walk.done:
+                break
+            d = succeed(None)
+        if walk.bad:
+            self._log.warn(
+                "Skipped {count} unreadable domain states in {address}",
+                count=walk.bad,
+                address=self.path,
+            )
+
+    def _scanned(self, reply: Any, walk: _Walk) -> Deferred[list[Stored]] | list[Stored]:
+        cursor, keys = reply
+        walk.cursor = cursor
+        walk.done = cursor == b"0"
+        if not keys:
+            return []
+        d = self._client.execute("MGET", *keys)
+        d.addCallback(self._found, keys, walk)
+        return d
+
+    def _found(self, values: list[Any], keys: list[bytes], walk: _Walk) -> list[Stored]:
+        start = len(self._prefix.encode("utf-8")) + 2
+        found = []
+        for key, raw in zip(keys, values):
+            if raw is None:
+                continue  # expired or deleted since SCAN saw it
+            domain = key[start:].decode("utf-8", "replace")
+            row = self._decode(domain, raw, walk.bad < 10)
+            if row is None:
+                walk.bad += 1
+            else:
+                found.append(row)
+        return found
+
+    def _scan_failed(self, failure: Failure, walk: _Walk) -> list[Stored]:
+        walk.done = True
+        if failure.check(RedisUnavailable, RedisError) is None:
+            self._log.failure(
+                "Reading domain states from {address} failed; serving and "
+                "evaluating domains without them",
+                failure,
+                address=self.path,
+            )
+            return []
+        self._log.warn(
+            "Cannot read domain states from {address} ({error}); serving and "
+            "evaluating domains without them",
+            address=self.path,
+            error=failure.getErrorMessage(),
+        )
+        return []
+
+    def _decode(self, domain: str, raw: bytes, log: bool) -> Stored | None:
+        try:
+            value = json.loads(raw)
+            used = value["used"]
+            if isinstance(used, bool) or not isinstance(used, (int, float)):
+                raise ValueError("used is not a number")
+            return (domain, DomainState.from_json(value["state"]), float(used))
+        except (ValueError, TypeError, KeyError) as e:
+            if log:
+                self._log.warn(
+                    "Skipping unreadable stored state of {domain} in {address}: {error}",
+                    domain=domain,
+                    address=self.path,
+                    error=str(e),
+                )
+            return None
+
+    # -- fleet coordination ---------------------------------------------------
+
+    def lease(self, domain: str, seconds: float) -> Deferred[bool]:
+        """
+        Whether this daemon refreshes C{domain} now: yes when it takes (or
+        already holds) the lease, no while another daemon holds it, and yes
+        when Redis cannot be asked, so that answers stay fresh.
+        """
+        if not self._client.connected:
+            return succeed(True)
+        key = self._lease_key(domain)
+        span = _milliseconds(seconds)
+        d = self._client.execute("SET", key, self._owner, "NX", "PX", span)
+        d.addCallback(self._leased, key, span)
+        d.addErrback(self._lease_failed, domain)
+        return d
+
+    def _leased(self, reply: Any, key: str, span: int) -> bool | Deferred[bool]:
+        if reply is not None:
+            return True
+        # Held: by another daemon, or by this one since an earlier refresh.
+        # A daemon that keeps refreshing a domain keeps its lease, so the
+        # fleet does not trade it back and forth.
+        d = self._client.execute("GET", key)
+        d.addCallback(self._held, key, span)
+        return d
+
+    def _held(self, holder: Any, key: str, span: int) -> bool | Deferred[bool]:
+        if holder != self._owner.encode("utf-8"):
+            return False
+        d = self._client.execute("PEXPIRE", key, span)
+        return d.addCallback(lambda _: True)
+
+    def _lease_failed(self, failure: Failure, domain: str) -> bool:
+        failure.trap(RedisUnavailable, RedisError)
+        self._log.debug(
+            "Cannot take the lease on {domain} in {address} ({error}); refreshing "
+            "it here",
+            domain=domain,
+            address=self.path,
+            error=failure.getErrorMessage(),
+        )
+        return True
+
+    # -- writing -----------------------------------------------------------
+
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
+        self._pending[domain] = (state, used_at)
+
+    def delete(self, domain: str) -> None:
+        self._pending[domain] = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> Deferred[None]:
+        """
+        Write what is pending, pipelined; one flush at a time.  What cannot
+        be written stays pending (newer puts win) for the next flush.
+        """
+        if self._flushing is not None:
+            return self._flushing
+        if not self._pending:
+            return succeed(None)
+        if not self._client.connected:
+            self._failed(RedisUnavailable("not connected"), len(self._pending))
+            return succeed(None)
+        batch, self._pending = self._pending, {}
+        flushing: Deferred[Any] = Deferred.fromCoroutine(self._write(batch))
+        self._flushing = flushing
+        flushing.addCallbacks(self._written, self._not_written, errbackArgs=(len(batch),))
+        return flushing
+
+    async def _write(self, batch: dict[str, _Write]) -> int:
+        items = list(batch.items())
+        now = self._clock.seconds()
+        done = 0
+        try:
+            while done < len(items):
+                part = items[done : done + self._chunk]
+                results = await DeferredList(
+                    [self._command(domain, write, now) for domain, write in part],
+                    consumeErrors=True,
+                )
+                for ok, result in results:
+                    if not ok:
+                        result.raiseException()
+                done += len(part)
+        except BaseException:
+            # Keep what was not confirmed, unless a newer put replaced it.
+            for domain, write in items[done:]:
+                self._pending.setdefault(domain, write)
+            raise
+        return done
+
+    def _command(self, domain: str, write: _Write, now: float) -> Deferred[Any]:
+        if write is None:
+            return self._client.execute("DEL", self._key(domain))
+        state, used = write
+        try:
+            text = json.dumps(
+                {"state": state.to_json(), "used": used}, separators=(",", ":")
+            )
+        except (TypeError, ValueError):
+            return fail()
+        keep = _milliseconds(ttl(state, now, self._window))
+        return self._client.execute("SET", self._key(domain), text, "PX", keep)
+
+    def _written(self, count: int) -> None:
+        self._flushing = None
+        if self._outage:
+            self._outage = False
+            self._log.info(
+                "{address} is back; wrote {count} pending states",
+                address=self.path,
+                count=count,
+            )
+
+    def _not_written(self, failure: Failure, count: int) -> None:
+        self._flushing = None
+        if failure.check(RedisUnavailable, RedisError) is None:
+            self._log.failure(
+                "Writing {count} domain states to {address} failed; keeping them "
+                "in memory and retrying",
+                failure,
+                count=count,
+                address=self.path,
+            )
+            return
+        assert failure.value is not None
+        self._failed(failure.value, len(self._pending))
+
+    def _failed(self, error: BaseException, count: int) -> None:
+        if self._outage:
+            return
+        self._outage = True
+        if isinstance(error, RedisError):
+            self._log.error(
+                "{address} refused to store domain states ({error}); keeping "
+                "{count} domain states in memory and retrying",
+                address=self.path,
+                error=str(error),
+                count=count,
+            )
+        else:
+            self._log.warn(
+                "{address} unreachable ({error}); keeping {count} domain states "
+                "in memory and retrying",
+                address=self.path,
+                error=str(error),
+                count=count,
+            )
+
+    def _reconnected(self) -> None:
+        """Resynchronise at once: write what piled up while Redis was away."""
+        if self._pending:
+            self.flush()
