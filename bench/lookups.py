@@ -32,9 +32,9 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet.defer import maybeDeferred  # noqa: E402
 
-from mxpolicyd.state import DomainState, StsState  # noqa: E402
-from mxpolicyd.store import SQLiteStore  # noqa: E402
-from mxpolicyd.sts import StsPolicy  # noqa: E402
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.store.sqlite import SQLiteStore
 
 
 def fill_store(path: str, domains: int) -> list[bytes]:

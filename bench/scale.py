@@ -37,10 +37,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from mxpolicyd.dane import DaneState  # noqa: E402
-from mxpolicyd.state import DomainState, StsState  # noqa: E402
-from mxpolicyd.store import SQLiteStore  # noqa: E402
-from mxpolicyd.sts import StsPolicy  # noqa: E402
+from mxpolicyd.evidence.dane import DaneState
+from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.store.sqlite import SQLiteStore
 
 ZONE = "bench.test"
 
