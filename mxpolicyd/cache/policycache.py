@@ -45,7 +45,6 @@ from mxpolicyd.store.base import Store, Stored
 
 NO_ADMIN = AdminPolicy()
 
-
 # How strong a verdict is, for downgrade detection; TEMP is not a verdict
 # about the domain but about the DNS, and is never compared.
 STRENGTH = {

@@ -21,8 +21,6 @@ from mxpolicyd.config.sections import ConfigError, Section, list_of
 from mxpolicyd.policy.admin import AdminPolicy
 
 DEFAULT_PATH = "/etc/mxpolicyd/mxpolicyd.toml"
-
-
 DEFAULT_LISTEN = ("tcp:8461:interface=127.0.0.1",)
 
 

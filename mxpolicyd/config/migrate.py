@@ -18,20 +18,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_SOURCES = ("/etc/mta-sts-daemon.yml", "/etc/postfix/mta-sts-daemon.yml")
 
-
 # postfix-mta-sts-resolver's documented keys (mta-sts-daemon.yml(5)).
 _TOP_KEYS = {
     "host", "port", "path", "mode", "reuse_port", "shutdown_timeout", "cache_grace",
     "cache", "default_zone", "zones", "proactive_policy_fetching",
 }
-
-
 _ZONE_KEYS = {"strict_testing", "timeout", "require_sni", "tlsrpt"}
-
-
 _PROACTIVE_KEYS = {"enabled", "interval", "concurrency_limit", "grace_ratio"}
-
-
 _CACHE_TYPES = {"internal", "sqlite", "redis", "redis_sentinel", "postgres"}
 
 

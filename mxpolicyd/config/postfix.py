@@ -22,33 +22,15 @@ if TYPE_CHECKING:
 # (Postfix 3.7): the first word a level, then name=value attributes.
 POSTFIX_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint",
                   "verify", "secure")
-
-
 _SINGLE = ("ciphers", "protocols", "exclude", "servername", "connection_reuse")
-
-
 _MULTIPLE = ("match", "tafile")
-
-
 _MATCH_LEVELS = ("fingerprint", "verify", "secure")
-
-
 _TAFILE_LEVELS = ("verify", "secure")
-
-
 _TLSRPT = ("policy_type", "policy_domain", "policy_string", "mx_host_pattern",
            "policy_failure", "policy_ttl")
-
-
 _CIPHER_GRADES = ("export", "low", "medium", "high", "null")
-
-
 _PROTOCOL = re.compile(r"(?:!|>=|<=)?(?:SSLv2|SSLv3|TLSv1|TLSv1\.[123])", re.IGNORECASE)
-
-
 _SEPARATORS = re.compile(r"[\s,]+")
-
-
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e\t]")
 
 

@@ -18,38 +18,18 @@ from typing import Any
 
 # Host states, from the strongest.
 USABLE = "usable"  # secure TLSA, at least one usable record
-
-
 UNUSABLE = "unusable"  # secure TLSA, none usable: TLS required, unauthenticated
-
-
 NO_TLSA = "no-tlsa"  # secure addresses, no secure TLSA
-
-
 INSECURE = "insecure"  # addresses not DNSSEC-signed: no DANE for this host
-
-
 NO_ADDRESS = "no-address"  # NXDOMAIN or no A/AAAA: Postfix skips the host
-
-
 INDETERMINATE = "indeterminate"  # SERVFAIL (bogus) or timeout: unknown
 
-
 DANE_ONLY = "dane-only"
-
-
 DANE = "dane"
-
-
 NONE = "none"
-
-
 TEMP = "temp"
 
-
 _DIGEST_LENGTH = {1: 32, 2: 64}
-
-
 _STATUSES = {s: s for s in (DANE_ONLY, DANE, NONE, TEMP)}
 
 

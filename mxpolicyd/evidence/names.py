@@ -17,10 +17,8 @@ import idna
 
 __all__ = ["MAX_NAME_LENGTH", "is_valid_hostname", "normalise"]
 
-
 # 255 octets in wire form is 253 characters in text form without the root dot.
 MAX_NAME_LENGTH = 253
-
 
 # A key longer than this in UTF-8 cannot map to 253 A-label octets: every
 # code point that survives UTS 46 mapping costs at least one octet of A-label
@@ -28,15 +26,10 @@ MAX_NAME_LENGTH = 253
 # 10 kB key from costing a full UTS 46 pass.
 _MAX_KEY_OCTETS = 1024
 
-
 # Explicit [A-Za-z] rather than re.IGNORECASE: with IGNORECASE, str patterns
 # also match non-ASCII case variants such as U+212A KELVIN SIGN for "k".
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-
-
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
-
 # What normalise accepts: at least two labels. A single-label name is never
 # looked up: no TLD publishes MTA-STS, and a dotless key is a local alias or a
 # transport nexthop, not a mail domain whose policy could be discovered.

@@ -25,7 +25,6 @@ RESOLVER_KINDS = frozenset(
     ("timeout", "network", "refused", "servfail", "formerr", "notimp", "rcode")
 )
 
-
 _KIND_TEXT = {
     "timeout": "timeout",
     "network": "network error",

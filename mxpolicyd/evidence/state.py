@@ -82,8 +82,6 @@ class StsState:
 
 
 _NUMBER = (int, float)
-
-
 _STS_FIELDS: dict[str, Any] = {
     "policy": dict,
     "policy_id": str,

@@ -32,25 +32,14 @@ __all__ = [
 
 # RFC 8461 s3.3 suggests senders accept policies of at most 64 KiB.
 MAX_POLICY_SIZE = 65536
-
-
 # RFC 8461 s3.2: max_age has a "maximum value of 31557600" (one year).
 MAX_AGE_LIMIT = 31557600
-
-
 MODES = frozenset({"enforce", "testing", "none"})
-
 
 # Error kinds, so that callers and metrics can tell them apart.
 NO_RECORD = "no-record"
-
-
 MULTIPLE_RECORDS = "multiple-records"
-
-
 INVALID_RECORD = "invalid-record"
-
-
 POLICY_SYNTAX = "policy-syntax"
 
 
@@ -90,17 +79,9 @@ def _show_stored(value: Any, limit: int = 40) -> str:
 # A record counts as an STS record when "v=STSv1" is followed by the field
 # delimiter (*WSP ";") or ends there; "v=STSv10..." or "V=STSv1" are discarded.
 _STS_RECORD = re.compile(rb"v=STSv1(?:[ \t;]|\Z)")
-
-
 _TXT_DELIMITER = re.compile(r"[ \t]*;[ \t]*")
-
-
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
-
-
 _TXT_EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+")
-
-
 # Shared by TXT extension names and policy field names (same ABNF).
 _FIELD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 

@@ -32,7 +32,6 @@ from mxpolicyd.net.https import FetchError
 # runs out (RFC 8461 s5.1 asks for a proactive refresh, about daily).
 REFRESH_AFTER = 86400.0
 
-
 Trace = list[dict[str, Any]]
 
 

@@ -42,21 +42,11 @@ from twisted.python.failure import Failure
 
 __all__ = ["Answer", "DNSError", "Resolver", "system_nameservers"]
 
-
 _EDNS_PAYLOAD = 1232
-
-
 _HEADER = struct.Struct("!HH")
-
-
 _LENGTH = struct.Struct("!H")
-
-
 _TC = int(dns.flags.TC)
-
-
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-
 
 _KIND_BY_RCODE = {
     dns.rcode.SERVFAIL: "servfail",
@@ -64,7 +54,6 @@ _KIND_BY_RCODE = {
     dns.rcode.FORMERR: "formerr",
     dns.rcode.NOTIMP: "notimp",
 }
-
 
 _KIND_TEXT = {
     "timeout": "timeout",

@@ -62,9 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "FetchError", "PolicyFetcher", "is_public_address", "load_trust_root"]
 
-
 POLICY_PATH = "/.well-known/mta-sts.txt"
-
 
 # Kinds of FetchError, in the order the exchange can fail.
 KINDS = (
@@ -80,30 +78,20 @@ KINDS = (
     "http",
 )
 
-
 # A TCP connect to one address may take this long before the next address is
 # tried, so a black-holed IPv6 route does not eat the whole deadline.
 CONNECT_ATTEMPT_TIMEOUT = 10.0
-
 
 # After a complete response the HTTP layer closes the connection gracefully;
 # a peer that never answers the TLS close_notify is cut off after this long.
 _CLOSE_GRACE = 5.0
 
-
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
-
-
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
-
 
 # Twisted >= 23.8 lets TLS take the reactor used to batch small writes; older
 # versions have no such argument (and use the reactor they are given anyway).

@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 
 Argument = bytes | str | int | float
 
-
 # Longest line (simple string, error, length) accepted without its CRLF.
 _MAX_LINE = 64 * 1024
 

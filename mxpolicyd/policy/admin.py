@@ -18,16 +18,10 @@ if TYPE_CHECKING:
 
 DAY = 86400.0
 
-
 # Security levels, weakest first (issue #8, in the spirit of maddy's).
 MX_LEVELS = ("none", "mta-sts", "dnssec")
-
-
 TLS_LEVELS = ("none", "encrypted", "authenticated")
-
-
 DOWNGRADE_MODES = ("off", "warn", "enforce")
-
 
 # What an administrator may force for Exim: the actions the contrib router
 # understands, without sts-testing (forcing "testing" means nothing).

@@ -43,38 +43,21 @@ STRENGTH = {
     Action.DANE: 2,
     Action.STS_ENFORCE: 1,
 }
-
-
 _BY_VALUE = {a.value: a for a in Action}
-
 
 # Outcomes of L{remember}, for the cache's logs and metrics.
 WEAKER = "weaker"
-
-
 WITHDRAWN = "withdrawn"
-
 
 # Note kinds.
 OVERRIDE = "override"
-
-
 MINIMUM = "minimum"
-
-
 WARNED = "warned"
-
-
 HELD = "held"
-
 
 # Nine combinations, built once and shared.
 _LEVELS = {(mx, tls): Levels(mx, tls) for mx in MX_LEVELS for tls in TLS_LEVELS}
-
-
 _MX_RANK = {name: i for i, name in enumerate(MX_LEVELS)}
-
-
 _TLS_RANK = {name: i for i, name in enumerate(TLS_LEVELS)}
 
 

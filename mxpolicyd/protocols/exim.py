@@ -27,8 +27,6 @@ from zope.interface import implementer
 from mxpolicyd.protocols.limits import Refusals
 
 Reply = Union[bytes, Deferred[bytes]]
-
-
 Lookup = Callable[[bytes], Reply]
 
 

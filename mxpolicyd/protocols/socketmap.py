@@ -33,7 +33,6 @@ Reply = Union[bytes, Deferred[bytes]]
 
 Lookup = Callable[[bytes, bytes], Reply]
 
-
 # A 100000-byte request has a six-digit length; anything longer is garbage.
 _MAX_DIGITS = 6
 

@@ -28,7 +28,6 @@ from mxpolicyd.store.base import Stored
 
 Runner = Callable[..., "Deferred[Any]"]
 
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
     domain TEXT PRIMARY KEY,
