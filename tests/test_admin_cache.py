@@ -24,14 +24,7 @@ from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
 from mxpolicyd.cache.policycache import PolicyCache
 from mxpolicyd.config.load import load, parse
-from mxpolicyd.evidence.dane import (
-    DANE_ONLY,
-    NONE,
-    TEMP,
-    USABLE,
-    DaneState,
-    HostEvidence,
-)
+from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.ops.metrics import Metrics
@@ -54,21 +47,21 @@ def checked(now: float) -> StsState:
 
 
 def dane_only(now: float) -> DomainState:
-    host = HostEvidence("mx.example.test", 10, USABLE)
+    host = HostEvidence("mx.example.test", 10, HostState.USABLE)
     return DomainState(sts=checked(now), dane=DaneState(
-        DANE_ONLY, "all usable", True, False, (host,), now, now + 600))
+        DaneStatus.DANE_ONLY, "all usable", True, False, (host,), now, now + 600))
 
 
 def insecure(now: float) -> DomainState:
     """The zone went DNSSEC-insecure: DANE gone, not under a signature."""
     return DomainState(sts=checked(now), dane=DaneState(
-        NONE, "the MX RRset is not DNSSEC-signed", False, False, (), now, now + 600))
+        DaneStatus.NONE, "the MX RRset is not DNSSEC-signed", False, False, (), now, now + 600))
 
 
 def withdrawn_tlsa(now: float) -> DomainState:
     """TLSA records removed, the denial signed: the owner's own statement."""
     return DomainState(sts=checked(now), dane=DaneState(
-        NONE, "no MX host has secure TLSA records", True, False, (), now, now + 600))
+        DaneStatus.NONE, "no MX host has secure TLSA records", True, False, (), now, now + 600))
 
 
 def enforced(now: float, mode: str = "enforce") -> DomainState:
@@ -85,7 +78,7 @@ def nothing(now: float) -> DomainState:
 
 def dane_temp(now: float) -> DomainState:
     return DomainState(sts=checked(now),
-                       dane=DaneState(TEMP, "SERVFAIL", None, False, (), now, now + 60))
+                       dane=DaneState(DaneStatus.TEMP, "SERVFAIL", None, False, (), now, now + 60))
 
 
 class AdminCacheCase(SynchronousTestCase):

@@ -11,7 +11,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.policycache import PolicyCache
-from mxpolicyd.evidence.dane import DANE_ONLY, TEMP, DaneState
+from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.ops.metrics import Metrics
@@ -291,14 +291,14 @@ class DowngradeTests(SynchronousTestCase):
     def test_stronger_verdict_not_counted(self) -> None:
         """enforce -> dane-only is no downgrade."""
         now = self.clock.seconds()
-        self.reevaluate(replace(enforced(now), dane=DaneState(DANE_ONLY, "all usable",
+        self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
                                                               checked_at=now, due_at=now + 60)))
         self.assertEqual(self.cache.downgrades, 0)
 
     def test_temp_not_counted(self) -> None:
         """A temporary failure is not a downgrade of the domain's policy."""
         now = self.clock.seconds()
-        self.reevaluate(replace(enforced(now), dane=DaneState(TEMP, "timeout",
+        self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.TEMP, "timeout",
                                                               checked_at=now, due_at=now + 60)))
         self.assertEqual(self.cache.downgrades, 0)
 
@@ -465,7 +465,7 @@ class NegativeCapTests(SynchronousTestCase):
     def test_policy_never_evicted(self) -> None:
         """Domains with an unexpired MTA-STS policy or a DANE verdict are neither evicted nor counted."""
         now = self.clock.seconds()
-        dane = replace(negative(now), dane=DaneState(DANE_ONLY, "all usable",
+        dane = replace(negative(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
                                                      checked_at=now, due_at=now + 60))
         self.add("p1.test", "p2.test", "p3.test", "p4.test", state=enforced(now))
         self.add("dane.test", state=dane)

@@ -13,18 +13,10 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.evidence.dane import (
-    DANE,
-    DANE_ONLY,
-    INDETERMINATE,
-    INSECURE,
-    NO_ADDRESS,
-    NO_TLSA,
-    NONE,
-    TEMP,
-    UNUSABLE,
-    USABLE,
     DaneState,
+    DaneStatus,
     HostEvidence,
+    HostState,
     classify,
     usable,
 )
@@ -63,25 +55,25 @@ class UsableTests(SynchronousTestCase):
 
 
 def host(state: str, name: str = "mx.test") -> HostEvidence:
-    return HostEvidence(name, 10, state, error="boom" if state == INDETERMINATE else None)
+    return HostEvidence(name, 10, state, error="boom" if state == HostState.INDETERMINATE else None)
 
 
 class ClassifyTests(SynchronousTestCase):
     def test_table(self) -> None:
         """The domain status follows from its hosts' states."""
         table = [
-            ((USABLE, USABLE), DANE_ONLY),
-            ((USABLE,), DANE_ONLY),
-            ((USABLE, UNUSABLE), DANE),
-            ((UNUSABLE, UNUSABLE), DANE),
-            ((USABLE, NO_TLSA), DANE),
-            ((USABLE, INSECURE), DANE),
-            ((USABLE, NO_ADDRESS), DANE),
-            ((NO_TLSA, INSECURE), NONE),
-            ((NO_ADDRESS,), NONE),
-            ((), NONE),
-            ((USABLE, INDETERMINATE), TEMP),
-            ((NO_TLSA, INDETERMINATE), TEMP),
+            ((HostState.USABLE, HostState.USABLE), DaneStatus.DANE_ONLY),
+            ((HostState.USABLE,), DaneStatus.DANE_ONLY),
+            ((HostState.USABLE, HostState.UNUSABLE), DaneStatus.DANE),
+            ((HostState.UNUSABLE, HostState.UNUSABLE), DaneStatus.DANE),
+            ((HostState.USABLE, HostState.NO_TLSA), DaneStatus.DANE),
+            ((HostState.USABLE, HostState.INSECURE), DaneStatus.DANE),
+            ((HostState.USABLE, HostState.NO_ADDRESS), DaneStatus.DANE),
+            ((HostState.NO_TLSA, HostState.INSECURE), DaneStatus.NONE),
+            ((HostState.NO_ADDRESS,), DaneStatus.NONE),
+            ((), DaneStatus.NONE),
+            ((HostState.USABLE, HostState.INDETERMINATE), DaneStatus.TEMP),
+            ((HostState.NO_TLSA, HostState.INDETERMINATE), DaneStatus.TEMP),
         ]
         for states, expected in table:
             status, reason = classify(tuple(host(s, "h%d" % i) for i, s in enumerate(states)))
@@ -116,7 +108,7 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.host("mx1.example.test")
         self.host("mx2.example.test", tlsa=("2 0 2 " + "bb" * 64,))
         state = self.evaluate()
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         self.assertEqual([h.name for h in state.hosts], ["mx1.example.test", "mx2.example.test"])
         self.assertTrue(state.mx_secure)
         self.assertEqual(state.hosts[0].tlsa[0].data, SHA256)
@@ -126,15 +118,15 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.mx("10 mx1.example.test.", "20 mx2.example.test.")
         self.host("mx1.example.test")
         self.host("mx2.example.test", tlsa=())
-        self.assertEqual(self.evaluate().status, DANE)
+        self.assertEqual(self.evaluate().status, DaneStatus.DANE)
 
     def test_unusable_only(self) -> None:
         """Only unusable TLSA (usage 1, usage 0) is dane: TLS required, unauthenticated."""
         self.mx("10 mx1.example.test.")
         self.host("mx1.example.test", tlsa=("1 1 1 " + SHA256, "0 0 1 " + SHA256))
         state = self.evaluate()
-        self.assertEqual(state.status, DANE)
-        self.assertEqual(state.hosts[0].state, UNUSABLE)
+        self.assertEqual(state.status, DaneStatus.DANE)
+        self.assertEqual(state.hosts[0].state, HostState.UNUSABLE)
 
     def test_malformed_tlsa_unusable(self) -> None:
         """TLSA records the DNS library could not parse count as unusable, not as none."""
@@ -143,8 +135,8 @@ class DaneEvaluatorTests(SynchronousTestCase):
         name = "_25._tcp.mx1.example.test"
         self.dns.answers[(name, TLSA)] = replace(empty(name, TLSA), malformed=1)
         state = self.evaluate()
-        self.assertEqual(state.status, DANE)
-        self.assertEqual(state.hosts[0].state, UNUSABLE)
+        self.assertEqual(state.status, DaneStatus.DANE)
+        self.assertEqual(state.hosts[0].state, HostState.UNUSABLE)
         self.assertIn("malformed", state.hosts[0].error or "")
 
     def test_secure_mx_no_tlsa(self) -> None:
@@ -152,14 +144,14 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.mx("10 mx1.example.test.")
         self.host("mx1.example.test", tlsa=())
         state = self.evaluate()
-        self.assertEqual(state.status, NONE)
-        self.assertEqual(state.hosts[0].state, NO_TLSA)
+        self.assertEqual(state.status, DaneStatus.NONE)
+        self.assertEqual(state.hosts[0].state, HostState.NO_TLSA)
 
     def test_insecure_mx(self) -> None:
         """An unsigned MX RRset means no DANE, and no host lookups."""
         self.mx("10 mx1.example.test.", secure=False)
         state = self.evaluate()
-        self.assertEqual(state.status, NONE)
+        self.assertEqual(state.status, DaneStatus.NONE)
         self.assertFalse(state.mx_secure)
         self.assertEqual(self.dns.queries, [(D, MX)])
 
@@ -169,29 +161,29 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.host("mx1.example.test")
         self.host("mx2.example.test", secure=False)
         state = self.evaluate()
-        self.assertEqual(state.status, DANE)
-        self.assertEqual(state.hosts[1].state, INSECURE)
+        self.assertEqual(state.status, DaneStatus.DANE)
+        self.assertEqual(state.hosts[1].state, HostState.INSECURE)
         self.assertNotIn(("_25._tcp.mx2.example.test", TLSA), self.dns.queries)
 
     def test_insecure_tlsa_ignored(self) -> None:
         """TLSA records without the AD bit are ignored."""
         self.mx("10 mx1.example.test.")
         self.host("mx1.example.test", tlsa_secure=False)
-        self.assertEqual(self.evaluate().status, NONE)
+        self.assertEqual(self.evaluate().status, DaneStatus.NONE)
 
     def test_nxdomain_host(self) -> None:
         """An MX host that does not exist does not make the domain TEMP."""
         self.mx("10 mx1.example.test.", "20 gone.example.test.")
         self.host("mx1.example.test")
         state = self.evaluate()
-        self.assertEqual(state.status, DANE)
-        self.assertEqual(state.hosts[1].state, NO_ADDRESS)
+        self.assertEqual(state.status, DaneStatus.DANE)
+        self.assertEqual(state.hosts[1].state, HostState.NO_ADDRESS)
 
     def test_servfail_mx(self) -> None:
         """SERVFAIL (bogus) on the MX lookup is TEMP, re-checked after the floor."""
         self.dns.fail(D, MX, "servfail")
         state = self.evaluate()
-        self.assertEqual(state.status, TEMP)
+        self.assertEqual(state.status, DaneStatus.TEMP)
         self.assertIn("SERVFAIL", state.reason)
         self.assertEqual(state.due_at, self.clock.seconds() + 60)
 
@@ -201,7 +193,7 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.host("mx1.example.test")
         self.dns.fail("mx2.example.test", A, "timeout")
         state = self.evaluate()
-        self.assertEqual(state.status, TEMP)
+        self.assertEqual(state.status, DaneStatus.TEMP)
         self.assertIn("mx2.example.test", state.reason)
 
     def test_servfail_tlsa(self) -> None:
@@ -209,26 +201,26 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.mx("10 mx1.example.test.")
         self.host("mx1.example.test", tlsa=())
         self.dns.fail("_25._tcp.mx1.example.test", TLSA, "servfail")
-        self.assertEqual(self.evaluate().status, TEMP)
+        self.assertEqual(self.evaluate().status, DaneStatus.TEMP)
 
     def test_implicit_mx(self) -> None:
         """Secure NODATA for MX makes the domain its own MX host."""
         self.dns.answers[(D, MX)] = empty(D, MX)
         self.host(D)
         state = self.evaluate()
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         self.assertTrue(state.implicit_mx)
         self.assertEqual(state.hosts[0].name, D)
 
     def test_nxdomain_domain(self) -> None:
         """A domain that does not exist has no DANE."""
         self.dns.answers[(D, MX)] = empty(D, MX, rcode=dns.rcode.NXDOMAIN)
-        self.assertEqual(self.evaluate().status, NONE)
+        self.assertEqual(self.evaluate().status, DaneStatus.NONE)
 
     def test_null_mx(self) -> None:
         """A null MX (RFC 7505) has no DANE."""
         self.mx("0 .")
-        self.assertEqual(self.evaluate().status, NONE)
+        self.assertEqual(self.evaluate().status, DaneStatus.NONE)
 
     def test_cname_host(self) -> None:
         """TLSA is asked at the CNAME-expanded name first, then at the original."""
@@ -239,7 +231,7 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.dns.answers[("_25._tcp.real.example.net", TLSA)] = answer(
             "_25._tcp.real.example.net", TLSA, GOOD)
         state = self.evaluate()
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         self.assertEqual(state.hosts[0].tlsa_name, "_25._tcp.real.example.net")
 
     def test_cname_host_fallback(self) -> None:
@@ -251,7 +243,7 @@ class DaneEvaluatorTests(SynchronousTestCase):
         self.dns.answers[("_25._tcp.mx.example.test", TLSA)] = answer(
             "_25._tcp.mx.example.test", TLSA, GOOD)
         state = self.evaluate()
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         self.assertEqual(state.hosts[0].tlsa_name, "_25._tcp.mx.example.test")
         self.assertEqual(self.dns.queries[-2:], [("_25._tcp.real.example.net", TLSA),
                                                  ("_25._tcp.mx.example.test", TLSA)])
@@ -306,7 +298,7 @@ class CombinedEvaluatorTests(SynchronousTestCase):
         txt.callback(empty("_mta-sts." + D, dns.rdatatype.TXT))
         state = self.successResultOf(d)
         assert state.dane is not None
-        self.assertEqual(state.dane.status, NONE)
+        self.assertEqual(state.dane.status, DaneStatus.NONE)
         self.assertEqual(first_answers(self.evaluator)(D).action, Action.TEMP)
 
 
@@ -330,7 +322,7 @@ class GraceTests(SynchronousTestCase):
         """A timeout on re-check keeps the prior dane-only, re-checked after the floor."""
         self.clock.advance(3599)
         state = self.successResultOf(self.evaluator.evaluate(D, self.prior))
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         self.assertEqual(state.checked_at, self.prior.checked_at)
         self.assertEqual(state.due_at, self.clock.seconds() + 60)
 
@@ -338,11 +330,11 @@ class GraceTests(SynchronousTestCase):
         """Past the grace period the indeterminate result stands: TEMP."""
         self.clock.advance(3600)
         state = self.successResultOf(self.evaluator.evaluate(D, self.prior))
-        self.assertEqual(state.status, TEMP)
+        self.assertEqual(state.status, DaneStatus.TEMP)
 
     def test_no_prior(self) -> None:
         """With nothing known before, an indeterminate check is TEMP."""
-        self.assertEqual(self.successResultOf(self.evaluator.evaluate(D)).status, TEMP)
+        self.assertEqual(self.successResultOf(self.evaluator.evaluate(D)).status, DaneStatus.TEMP)
 
 
 class DaneLogTests(SynchronousTestCase):
@@ -378,7 +370,7 @@ class DaneLogTests(SynchronousTestCase):
         self.dns.fail(D, MX, "timeout")
         self.clock.advance(100)
         state = self.successResultOf(self.evaluator.evaluate(D, prior))
-        self.assertEqual(state.status, DANE_ONLY)
+        self.assertEqual(state.status, DaneStatus.DANE_ONLY)
         [warning] = self.lines(LogLevel.warn)
         self.assertIn("DANE evaluation of example.test failed: MX lookup failed", warning)
         self.assertIn("keeping the dane-only result of 1970-01-01 00:16:40 UTC "
@@ -391,7 +383,7 @@ class DaneLogTests(SynchronousTestCase):
         self.dns.fail(D, MX, "timeout")
         self.clock.advance(3600)
         state = self.successResultOf(self.evaluator.evaluate(D, prior))
-        self.assertEqual(state.status, TEMP)
+        self.assertEqual(state.status, DaneStatus.TEMP)
         [warning] = self.lines(LogLevel.warn)
         self.assertIn("answering TEMP", warning)
         self.assertNotIn("keeping", warning.split("; further DNS")[0])
@@ -406,7 +398,7 @@ class DaneLogTests(SynchronousTestCase):
         self.clock.advance(60)
         for d in domains:
             self.assertEqual(self.successResultOf(
-                self.evaluator.evaluate(d, priors[d])).status, DANE_ONLY)
+                self.evaluator.evaluate(d, priors[d])).status, DaneStatus.DANE_ONLY)
         [warning] = self.lines(LogLevel.warn)
         self.assertIn("d0.test", warning)
         self.assertIn("further DNS timeout failures that keep a cached result "
@@ -459,7 +451,7 @@ class DaneLogTests(SynchronousTestCase):
             "many.test", MX, "10 mx1.many.test.", "20 mx2.many.test.")
         for _ in range(3):
             for d in ("loop.test", "many.test"):
-                self.assertEqual(self.successResultOf(evaluator.evaluate(d)).status, TEMP)
+                self.assertEqual(self.successResultOf(evaluator.evaluate(d)).status, DaneStatus.TEMP)
         warnings = self.lines(LogLevel.warn)
         self.assertEqual(len(warnings), 6)
         self.assertIn("CNAME loop", warnings[0])
@@ -471,7 +463,7 @@ class DaneLogTests(SynchronousTestCase):
         for d in ("h1.test", "h2.test"):
             self.dns.answers[(d, MX)] = answer(d, MX, "10 mx.%s." % d)
             self.dns.fail("mx." + d, A, "timeout")
-            self.assertEqual(self.successResultOf(self.evaluator.evaluate(d)).status, TEMP)
+            self.assertEqual(self.successResultOf(self.evaluator.evaluate(d)).status, DaneStatus.TEMP)
         [warning] = self.lines(LogLevel.warn)
         self.assertIn("DNSSEC lookup for MX host mx.h1.test failed", warning)
         self.assertEqual(len(self.lines(LogLevel.debug)), 1)

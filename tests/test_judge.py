@@ -12,19 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
 from mxpolicyd.answers.render import exim_action, exim_reply, postfix_reply
-from mxpolicyd.evidence.dane import (
-    DANE,
-    DANE_ONLY,
-    INSECURE,
-    NO_ADDRESS,
-    NO_TLSA,
-    NONE,
-    TEMP,
-    UNUSABLE,
-    USABLE,
-    DaneState,
-    HostEvidence,
-)
+from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState
 from mxpolicyd.evidence.state import FOREVER, DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.policy.admin import AdminPolicy, AdminRule
@@ -73,18 +61,18 @@ def state(sts_state: StsState | None = None, dane_state: DaneState | None = None
 
 
 STATES = {
-    "dane-only": state(dane_state=dane(DANE_ONLY, USABLE, USABLE)),
-    "dane-all-tlsa": state(dane_state=dane(DANE, USABLE, UNUSABLE, NO_ADDRESS)),
-    "dane-some": state(dane_state=dane(DANE, USABLE, NO_TLSA)),
-    "dane-insecure-host": state(dane_state=dane(DANE, USABLE, INSECURE)),
+    "dane-only": state(dane_state=dane(DaneStatus.DANE_ONLY, HostState.USABLE, HostState.USABLE)),
+    "dane-all-tlsa": state(dane_state=dane(DaneStatus.DANE, HostState.USABLE, HostState.UNUSABLE, HostState.NO_ADDRESS)),
+    "dane-some": state(dane_state=dane(DaneStatus.DANE, HostState.USABLE, HostState.NO_TLSA)),
+    "dane-insecure-host": state(dane_state=dane(DaneStatus.DANE, HostState.USABLE, HostState.INSECURE)),
     "enforce": state(sts()),
-    "enforce-signed-mx": state(sts(), dane(NONE, NO_TLSA)),
+    "enforce-signed-mx": state(sts(), dane(DaneStatus.NONE, HostState.NO_TLSA)),
     "testing": state(sts(TESTING)),
     "mode-none": state(sts(MODE_NONE)),
     "nothing": state(),
-    "nothing-signed": state(dane_state=dane(NONE, NO_TLSA)),
-    "nothing-unsigned": state(dane_state=dane(NONE, mx_secure=False)),
-    "temp": state(sts(), dane(TEMP, mx_secure=None)),
+    "nothing-signed": state(dane_state=dane(DaneStatus.NONE, HostState.NO_TLSA)),
+    "nothing-unsigned": state(dane_state=dane(DaneStatus.NONE, mx_secure=False)),
+    "temp": state(sts(), dane(DaneStatus.TEMP, mx_secure=None)),
     "expired": state(sts(expires=NOW - 1)),
 }
 

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES, Profile
 from mxpolicyd.answers.render import postfix_reply
-from mxpolicyd.evidence.dane import DANE, DANE_ONLY, NONE, TEMP, DaneState
+from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
@@ -42,14 +42,14 @@ class DecideTests(SynchronousTestCase):
     def test_dane_table(self) -> None:
         """DANE decides before MTA-STS; an unknown DANE state is TEMP, never a fall-through."""
         table = [
-            (DaneState(DANE_ONLY, "all usable"), "enforce", Action.DANE_ONLY),
-            (DaneState(DANE, "some"), "enforce", Action.DANE),
-            (DaneState(DANE, "some"), None, Action.DANE),
-            (DaneState(TEMP, "MX lookup failed: DNS SERVFAIL"), "enforce", Action.TEMP),
-            (DaneState(TEMP, "x"), None, Action.TEMP),
-            (DaneState(NONE, "insecure"), "enforce", Action.STS_ENFORCE),
-            (DaneState(NONE, "insecure"), "testing", Action.STS_TESTING),
-            (DaneState(NONE, "insecure"), None, Action.NONE),
+            (DaneState(DaneStatus.DANE_ONLY, "all usable"), "enforce", Action.DANE_ONLY),
+            (DaneState(DaneStatus.DANE, "some"), "enforce", Action.DANE),
+            (DaneState(DaneStatus.DANE, "some"), None, Action.DANE),
+            (DaneState(DaneStatus.TEMP, "MX lookup failed: DNS SERVFAIL"), "enforce", Action.TEMP),
+            (DaneState(DaneStatus.TEMP, "x"), None, Action.TEMP),
+            (DaneState(DaneStatus.NONE, "insecure"), "enforce", Action.STS_ENFORCE),
+            (DaneState(DaneStatus.NONE, "insecure"), "testing", Action.STS_TESTING),
+            (DaneState(DaneStatus.NONE, "insecure"), None, Action.NONE),
         ]
         for dane, mode, action in table:
             state = replace(sts(mode), dane=dane)
@@ -57,7 +57,7 @@ class DecideTests(SynchronousTestCase):
 
     def test_temp_reason(self) -> None:
         """A TEMP verdict carries the DANE failure as its reason."""
-        state = DomainState(dane=DaneState(TEMP, "MX lookup failed: DNS SERVFAIL for x.test MX"))
+        state = DomainState(dane=DaneState(DaneStatus.TEMP, "MX lookup failed: DNS SERVFAIL for x.test MX"))
         verdict = decide("x.test", state, NOW)
         self.assertEqual(verdict.reason, "DANE MX lookup failed: DNS SERVFAIL for x.test MX")
 
@@ -65,9 +65,9 @@ class DecideTests(SynchronousTestCase):
         """At the deadline: TEMP while DANE is unknown, its verdict once known, else NOTFOUND."""
         self.assertEqual(first_answer("d.test", None, False).action, Action.NONE)
         self.assertEqual(first_answer("d.test", None, True).action, Action.TEMP)
-        self.assertEqual(first_answer("d.test", DaneState(NONE), True).action, Action.NONE)
-        self.assertEqual(first_answer("d.test", DaneState(DANE_ONLY), True).action, Action.DANE_ONLY)
-        self.assertEqual(first_answer("d.test", DaneState(TEMP, "x"), True).action, Action.TEMP)
+        self.assertEqual(first_answer("d.test", DaneState(DaneStatus.NONE), True).action, Action.NONE)
+        self.assertEqual(first_answer("d.test", DaneState(DaneStatus.DANE_ONLY), True).action, Action.DANE_ONLY)
+        self.assertEqual(first_answer("d.test", DaneState(DaneStatus.TEMP, "x"), True).action, Action.TEMP)
 
 
 class PostfixReplyTests(SynchronousTestCase):

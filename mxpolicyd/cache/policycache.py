@@ -33,8 +33,7 @@ from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxpolicyd.evidence.dane import DANE as DANE_SOME
-from mxpolicyd.evidence.dane import DANE_ONLY
+from mxpolicyd.evidence.dane import DaneStatus
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.ops.times import utc
@@ -69,7 +68,7 @@ def holds_policy(state: DomainState, now: float) -> bool:
         # compares with: a flood must not wash it out.
         return True
     dane = state.dane
-    return dane is not None and dane.status in (DANE_ONLY, DANE_SOME)
+    return dane is not None and dane.status in (DaneStatus.DANE_ONLY, DaneStatus.DANE)
 
 
 class _Evaluator(Protocol):
@@ -736,7 +735,7 @@ class PolicyCache:
                 else "mta_sts_fetch" if failure.startswith("policy fetch")
                 else "mta_sts_record"
             )
-        if state.dane is not None and state.dane.status == "temp":
+        if state.dane is not None and state.dane.status is DaneStatus.TEMP:
             metrics.failures.inc("dane_dns")
 
     def _changed(self, domain: str) -> None:

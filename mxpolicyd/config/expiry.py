@@ -7,14 +7,11 @@ answered from its evidence again.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-if TYPE_CHECKING:
-    pass
 from mxpolicyd.policy.admin import DAY, AdminPolicy, _duration
 
 

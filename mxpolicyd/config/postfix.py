@@ -10,13 +10,8 @@ defers the mail.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from mxpolicyd.evidence.names import is_valid_hostname
-
-if TYPE_CHECKING:
-    pass
-
 
 # Postfix's smtp_tls_policy_maps grammar, as smtp_tls_policy.c parses it
 # (Postfix 3.7): the first word a level, then name=value attributes.

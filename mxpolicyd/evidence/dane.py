@@ -12,25 +12,38 @@ the DNS.
 
 from __future__ import annotations
 
+import enum
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Host states, from the strongest.
-USABLE = "usable"  # secure TLSA, at least one usable record
-UNUSABLE = "unusable"  # secure TLSA, none usable: TLS required, unauthenticated
-NO_TLSA = "no-tlsa"  # secure addresses, no secure TLSA
-INSECURE = "insecure"  # addresses not DNSSEC-signed: no DANE for this host
-NO_ADDRESS = "no-address"  # NXDOMAIN or no A/AAAA: Postfix skips the host
-INDETERMINATE = "indeterminate"  # SERVFAIL (bogus) or timeout: unknown
 
-DANE_ONLY = "dane-only"
-DANE = "dane"
-NONE = "none"
-TEMP = "temp"
+class HostState(enum.StrEnum):
+    """What DANE says of one MX host, from the strongest (stored by value)."""
+
+    USABLE = "usable"  # secure TLSA, at least one usable record
+    UNUSABLE = "unusable"  # secure TLSA, none usable: TLS required, unauthenticated
+    NO_TLSA = "no-tlsa"  # secure addresses, no secure TLSA
+    INSECURE = "insecure"  # addresses not DNSSEC-signed: no DANE for this host
+    NO_ADDRESS = "no-address"  # NXDOMAIN or no A/AAAA: Postfix skips the host
+    INDETERMINATE = "indeterminate"  # SERVFAIL (bogus) or timeout: unknown
+
+
+class DaneStatus(enum.StrEnum):
+    """What DANE says of a domain (stored by value)."""
+
+    DANE_ONLY = "dane-only"  # every MX host has secure, usable TLSA
+    DANE = "dane"  # some MX hosts have secure TLSA
+    NONE = "none"  # DANE does not apply
+    TEMP = "temp"  # the DNS could not tell
+
+    @property
+    def applies(self) -> bool:
+        """Whether DANE decides the domain's verdict."""
+        return self in (DaneStatus.DANE_ONLY, DaneStatus.DANE)
+
 
 _DIGEST_LENGTH = {1: 32, 2: 64}
-_STATUSES = {s: s for s in (DANE_ONLY, DANE, NONE, TEMP)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +75,7 @@ def usable(usage: int, selector: int, mtype: int, data: bytes) -> bool:
 class HostEvidence:
     name: str
     preference: int
-    state: str
+    state: HostState
     address_secure: bool | None = None
     tlsa_name: str | None = None
     tlsa: tuple[Tlsa, ...] = ()
@@ -70,6 +83,7 @@ class HostEvidence:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["state"] = self.state.value
         data["tlsa"] = [dict(asdict(t), usable=t.usable) for t in self.tlsa]
         return data
 
@@ -84,7 +98,7 @@ class HostEvidence:
         return cls(
             name=str(data["name"]),
             preference=int(data["preference"]),
-            state=sys.intern(str(data["state"])),
+            state=HostState(data["state"]),
             address_secure=data.get("address_secure"),
             tlsa_name=data.get("tlsa_name"),
             tlsa=records,
@@ -96,7 +110,7 @@ class HostEvidence:
 class DaneState:
     """What the last DANE evaluation found, and when to look again."""
 
-    status: str = NONE
+    status: DaneStatus = DaneStatus.NONE
     reason: str = ""
     mx_secure: bool | None = None
     implicit_mx: bool = False
@@ -106,6 +120,7 @@ class DaneState:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["status"] = self.status.value
         data["hosts"] = [h.to_json() for h in self.hosts]
         return data
 
@@ -113,13 +128,15 @@ class DaneState:
     def from_json(cls, data: Any) -> DaneState:
         if not isinstance(data, dict):
             raise ValueError("DANE state is not an object")
-        status = data.get("status")
-        if status not in (DANE_ONLY, DANE, NONE, TEMP):
-            raise ValueError("DANE state has an unknown status %r" % (status,))
         try:
-            # A million domains share a handful of statuses and reasons.
+            status = DaneStatus(str(data.get("status")))
+        except ValueError:
+            raise ValueError("DANE state has an unknown status %r"
+                             % (data.get("status"),)) from None
+        try:
+            # A million domains share a handful of reasons.
             return cls(
-                status=_STATUSES[status],
+                status=status,
                 reason=sys.intern(str(data.get("reason", ""))),
                 mx_secure=data.get("mx_secure"),
                 implicit_mx=bool(data.get("implicit_mx", False)),
@@ -127,11 +144,11 @@ class DaneState:
                 checked_at=float(data.get("checked_at", 0.0)) or 0.0,
                 due_at=float(data.get("due_at", 0.0)) or 0.0,
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ValueError("DANE state is malformed: %s" % (e,)) from None
 
 
-def classify(hosts: tuple[HostEvidence, ...]) -> tuple[str, str]:
+def classify(hosts: tuple[HostEvidence, ...]) -> tuple[DaneStatus, str]:
     """
     The DANE status of a domain whose MX RRset is secure, from its hosts.
 
@@ -140,16 +157,16 @@ def classify(hosts: tuple[HostEvidence, ...]) -> tuple[str, str]:
     weaken the policy.
     """
     for host in hosts:
-        if host.state == INDETERMINATE:
-            return TEMP, "DNSSEC lookup for MX host %s failed: %s" % (
+        if host.state is HostState.INDETERMINATE:
+            return DaneStatus.TEMP, "DNSSEC lookup for MX host %s failed: %s" % (
                 host.name,
                 host.error or "unknown error",
             )
-    if hosts and all(h.state == USABLE for h in hosts):
-        return DANE_ONLY, "every MX host has secure, usable TLSA records"
-    dane = [h.name for h in hosts if h.state in (USABLE, UNUSABLE)]
+    if hosts and all(h.state is HostState.USABLE for h in hosts):
+        return DaneStatus.DANE_ONLY, "every MX host has secure, usable TLSA records"
+    dane = [h.name for h in hosts if h.state in (HostState.USABLE, HostState.UNUSABLE)]
     if dane:
-        if any(h.state == USABLE for h in hosts):
-            return DANE, "secure TLSA records for some MX hosts (%s)" % ", ".join(dane)
-        return DANE, "secure but unusable TLSA records only (%s)" % ", ".join(dane)
-    return NONE, "MX set is DNSSEC-signed but no MX host has secure TLSA records"
+        if any(h.state is HostState.USABLE for h in hosts):
+            return DaneStatus.DANE, "secure TLSA records for some MX hosts (%s)" % ", ".join(dane)
+        return DaneStatus.DANE, "secure but unusable TLSA records only (%s)" % ", ".join(dane)
+    return DaneStatus.NONE, "MX set is DNSSEC-signed but no MX host has secure TLSA records"

@@ -20,16 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from mxpolicyd.evidence.dane import (
-    INDETERMINATE,
-    INSECURE,
-    NO_ADDRESS,
-    NO_TLSA,
-    NONE,
-    TEMP,
-    UNUSABLE,
-    USABLE,
     DaneState,
+    DaneStatus,
     HostEvidence,
+    HostState,
     Tlsa,
     classify,
 )
@@ -86,10 +80,10 @@ class DaneEvaluator:
         """
         if not errors:
             self._outage.answered(domain)
-        if new.status != TEMP:
+        if new.status is not DaneStatus.TEMP:
             return new
         now = self._clock.seconds()
-        if prior is not None and prior.status != TEMP and now < prior.checked_at + self._grace:
+        if prior is not None and prior.status is not DaneStatus.TEMP and now < prior.checked_at + self._grace:
             result = replace(prior, due_at=new.due_at)
             action = "keeping the %s result of %s until %s at the latest" % (
                 prior.status, utc(prior.checked_at), utc(prior.checked_at + self._grace))
@@ -114,13 +108,13 @@ class DaneEvaluator:
             errors.append(e)
             return self._temp(now, "MX lookup failed: %s" % (e,))
         except ValueError:
-            return self._done(now, [], NONE, "not a resolvable name")
+            return self._done(now, [], DaneStatus.NONE, "not a resolvable name")
         ttls = [mx.ttl]
         if mx.rcode == dns.rcode.NXDOMAIN:
-            return self._done(now, ttls, NONE, "the domain does not exist",
+            return self._done(now, ttls, DaneStatus.NONE, "the domain does not exist",
                               mx_secure=mx.secure)
         if not mx.secure:
-            return self._done(now, ttls, NONE, "the MX RRset is not DNSSEC-signed",
+            return self._done(now, ttls, DaneStatus.NONE, "the MX RRset is not DNSSEC-signed",
                               mx_secure=False)
         if mx.exists:
             targets = sorted(
@@ -128,7 +122,7 @@ class DaneEvaluator:
                 for r in mx.records
             )
             if any(name in ("", ".") for _, name in targets):
-                return self._done(now, ttls, NONE, "null MX: the domain accepts no mail",
+                return self._done(now, ttls, DaneStatus.NONE, "null MX: the domain accepts no mail",
                                   mx_secure=True)
             implicit = False
         else:
@@ -144,8 +138,8 @@ class DaneEvaluator:
             consumeErrors=True,
         )
         status, reason = classify(tuple(hosts))
-        if status == TEMP:
-            return DaneState(TEMP, reason, True, implicit, tuple(hosts), now,
+        if status is DaneStatus.TEMP:
+            return DaneState(DaneStatus.TEMP, reason, True, implicit, tuple(hosts), now,
                              now + self._ttl_min)
         return self._done(now, ttls, status, reason, mx_secure=True,
                           implicit_mx=implicit, hosts=tuple(hosts))
@@ -162,16 +156,16 @@ class DaneEvaluator:
             error = getattr(e, "subFailure", None)
             reason = error.getErrorMessage() if error is not None else str(e)
             if error is not None and error.check(ValueError):
-                return HostEvidence(name, preference, NO_ADDRESS, error="not a resolvable name")
+                return HostEvidence(name, preference, HostState.NO_ADDRESS, error="not a resolvable name")
             errors.append(error.value if error is not None else e)
-            return HostEvidence(name, preference, INDETERMINATE, error=reason)
+            return HostEvidence(name, preference, HostState.INDETERMINATE, error=reason)
         ttls.extend((a.ttl, aaaa.ttl))
         found = [ans for ans in (a, aaaa) if ans.exists]
         if not found:
-            return HostEvidence(name, preference, NO_ADDRESS, address_secure=a.secure and aaaa.secure)
+            return HostEvidence(name, preference, HostState.NO_ADDRESS, address_secure=a.secure and aaaa.secure)
         secure = all(ans.secure for ans in found)
         if not secure:
-            return HostEvidence(name, preference, INSECURE, address_secure=False)
+            return HostEvidence(name, preference, HostState.INSECURE, address_secure=False)
         # RFC 7672 s2.2.2: the CNAME-expanded name first, then the original.
         names = [found[0].canonical_name, name] if found[0].canonical_name != name else [name]
         for candidate in names:
@@ -180,7 +174,7 @@ class DaneEvaluator:
                 answer = await self._resolver.query(tlsa_name, dns.rdatatype.TLSA)
             except DNSError as e:
                 errors.append(e)
-                return HostEvidence(name, preference, INDETERMINATE, True, tlsa_name,
+                return HostEvidence(name, preference, HostState.INDETERMINATE, True, tlsa_name,
                                     error="TLSA lookup failed: %s" % (e,))
             except ValueError:
                 continue
@@ -189,22 +183,22 @@ class DaneEvaluator:
                 continue
             if not answer.secure:
                 # Insecure TLSA records are ignored (RFC 7672 s2.2).
-                return HostEvidence(name, preference, NO_TLSA, True, tlsa_name)
+                return HostEvidence(name, preference, HostState.NO_TLSA, True, tlsa_name)
             records = tuple(
                 Tlsa(int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert).hex())
                 for r in answer.records
             )
             # Records too malformed to parse count as unusable ones.
-            state = USABLE if any(t.usable for t in records) else UNUSABLE
+            state = HostState.USABLE if any(t.usable for t in records) else HostState.UNUSABLE
             return HostEvidence(name, preference, state, True, tlsa_name, records,
                                 error="%d malformed TLSA records" % answer.malformed
                                 if answer.malformed else None)
-        return HostEvidence(name, preference, NO_TLSA, True)
+        return HostEvidence(name, preference, HostState.NO_TLSA, True)
 
     def _temp(self, now: float, reason: str) -> DaneState:
-        return DaneState(TEMP, reason, None, False, (), now, now + self._ttl_min)
+        return DaneState(DaneStatus.TEMP, reason, None, False, (), now, now + self._ttl_min)
 
-    def _done(self, now: float, ttls: list[int], status: str, reason: str,
+    def _done(self, now: float, ttls: list[int], status: DaneStatus, reason: str,
               mx_secure: bool | None = None, implicit_mx: bool = False,
               hosts: tuple[HostEvidence, ...] = ()) -> DaneState:
         ttl = clamp(min(ttls) if ttls else self._ttl_max, self._ttl_min, self._ttl_max)

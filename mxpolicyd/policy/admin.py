@@ -10,11 +10,7 @@ memoised lookup path never reaches it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any, Mapping
 
 DAY = 86400.0
 

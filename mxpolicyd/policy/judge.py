@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from mxpolicyd.evidence.dane import NO_ADDRESS, UNUSABLE, USABLE
-from mxpolicyd.evidence.dane import NONE as DANE_NONE
-from mxpolicyd.evidence.dane import TEMP as DANE_TEMP
+from mxpolicyd.evidence.dane import DaneStatus, HostState
 from mxpolicyd.evidence.state import FOREVER, DomainState, Remembered
 from mxpolicyd.ops.times import utc
 from mxpolicyd.policy.admin import MX_LEVELS, TLS_LEVELS, AdminPolicy
@@ -82,7 +80,7 @@ def levels(verdict: Verdict, state: DomainState | None) -> Levels | None:
     if action is Action.TEMP:
         return None
     dane = state.dane if state is not None else None
-    if dane is not None and dane.status != DANE_TEMP and dane.mx_secure:
+    if dane is not None and dane.status is not DaneStatus.TEMP and dane.mx_secure:
         mx = "dnssec"
     elif action in (Action.DANE, Action.DANE_ONLY):
         # A DANE verdict (perhaps a pending one, without its state) needs a
@@ -95,9 +93,9 @@ def levels(verdict: Verdict, state: DomainState | None) -> Levels | None:
     if action in (Action.DANE_ONLY, Action.STS_ENFORCE):
         tls = "authenticated"
     elif action is Action.DANE and dane is not None:
-        hosts = [h for h in dane.hosts if h.state != NO_ADDRESS]
+        hosts = [h for h in dane.hosts if h.state is not HostState.NO_ADDRESS]
         tls = "encrypted" if hosts and all(
-            h.state in (USABLE, UNUSABLE) for h in hosts) else "none"
+            h.state in (HostState.USABLE, HostState.UNUSABLE) for h in hosts) else "none"
     else:
         tls = "none"
     return _LEVELS[mx, tls]
@@ -113,7 +111,7 @@ def withdrawn(memory: Remembered, state: DomainState, now: float) -> bool:
     """
     if memory.action in ("dane", "dane-only"):
         dane = state.dane
-        return dane is not None and dane.status == DANE_NONE and dane.mx_secure is True
+        return dane is not None and dane.status is DaneStatus.NONE and dane.mx_secure is True
     policy = state.sts.active_policy(now)
     return policy is not None and policy.mode != "enforce"
 

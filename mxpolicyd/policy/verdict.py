@@ -12,10 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mxpolicyd.evidence.dane import DANE as DANE_SOME
-from mxpolicyd.evidence.dane import DANE_ONLY, DaneState
-from mxpolicyd.evidence.dane import NONE as DANE_NONE
-from mxpolicyd.evidence.dane import TEMP as DANE_TEMP
+from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.policy.admin import AdminRule
@@ -68,12 +65,12 @@ def decide(domain: str, state: DomainState, now: float) -> Verdict:
     """
     dane = state.dane
     if dane is not None:
-        if dane.status == DANE_TEMP:
+        if dane.status is DaneStatus.TEMP:
             return Verdict(domain, Action.TEMP, "DANE state unknown: " + dane.reason,
                            reason="DANE " + dane.reason)
-        if dane.status == DANE_ONLY:
+        if dane.status is DaneStatus.DANE_ONLY:
             return Verdict(domain, Action.DANE_ONLY, dane.reason)
-        if dane.status == DANE_SOME:
+        if dane.status is DaneStatus.DANE:
             return Verdict(domain, Action.DANE, dane.reason)
     sts = state.sts
     policy = sts.active_policy(now)
@@ -105,6 +102,6 @@ def first_answer(domain: str, dane: DaneState | None, dane_enabled: bool) -> Ver
     if dane_enabled and dane is None:
         return Verdict(domain, Action.TEMP, rule + " (DANE state unknown)",
                        reason="DANE lookups still in progress")
-    if dane is not None and dane.status != DANE_NONE:
+    if dane is not None and dane.status is not DaneStatus.NONE:
         return decide(domain, DomainState(dane=dane), 0.0)
     return Verdict(domain, Action.NONE, rule)
