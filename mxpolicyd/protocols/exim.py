@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mxpolicyd.protocols.limits import Refusals
+from mxpolicyd.protocols.limits import ConnectionLimit
 
 Reply = Union[bytes, Deferred[bytes]]
 Lookup = Callable[[bytes], Reply]
@@ -47,11 +47,11 @@ class EximProtocol(Protocol):
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self._factory.connections += 1
+        self._factory.limit.opened()
         self._timer = self._factory.clock.callLater(self._factory.timeout, self._expired)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._factory.connections -= 1
+        self._factory.limit.closed()
         self._stop_timer()
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -134,12 +134,10 @@ class EximFactory(Factory):
         self.clock = clock
         self.timeout = timeout
         self.max_request_size = max_request_size
-        self.max_connections = max_connections
-        self.connections = 0
-        self.refusals = Refusals(clock, self._log, "Exim", "exim.max_connections")
+        self.limit = ConnectionLimit(max_connections, clock, self._log, "Exim",
+                                     "exim.max_connections")
 
     def buildProtocol(self, addr: object) -> EximProtocol | None:
-        if self.connections >= self.max_connections:
-            self.refusals.refused(addr, self.connections)
+        if not self.limit.admit(addr):
             return None
         return EximProtocol(self)

@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxpolicyd.protocols.limits import Refusals
+from mxpolicyd.protocols.limits import ConnectionLimit
 
 Reply = Union[bytes, Deferred[bytes]]
 
@@ -62,14 +62,14 @@ class SocketmapProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._socket = transport.socket
-        self._factory.connections += 1
+        self._factory.limit.opened()
         self._last = self._factory.clock.seconds()
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._checkIdle
         )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._factory.connections -= 1
+        self._factory.limit.closed()
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -240,14 +240,12 @@ class SocketmapFactory(Factory):
         self.clock = clock
         self.max_request_size = max_request_size
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.connections = 0
-        self.refusals = Refusals(clock, self._log, "socketmap", "socketmap.max_connections")
+        self.limit = ConnectionLimit(max_connections, clock, self._log, "socketmap",
+                                     "socketmap.max_connections")
 
     def buildProtocol(self, addr: IAddress) -> SocketmapProtocol | None:  # type: ignore[override]
-        if self.connections >= self.max_connections:
+        if not self.limit.admit(addr):
             # Postfix sees the close, retries once, then defers the mail:
             # nothing is lost, and the daemon stays responsive.
-            self.refusals.refused(addr, self.connections)
             return None
         return SocketmapProtocol(self)
