@@ -43,7 +43,7 @@ class EximProtocol(Protocol):
         self._factory = factory
         self._buffer = b""
         self._answered = False
-        self._pending: Deferred[bytes] | None = None
+        self._in_flight: Deferred[bytes] | None = None
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -53,9 +53,9 @@ class EximProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._factory.limit.closed()
         self._stop_timer()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         if self._answered:
@@ -97,16 +97,16 @@ class EximProtocol(Protocol):
         if isinstance(result, bytes):
             self._reply(result)
             return
-        self._pending = result
+        self._in_flight = result
         result.addCallbacks(self._done, self._failed, errbackArgs=(key,))
 
     def _done(self, reply: bytes) -> None:
-        if self._pending is not None:
-            self._pending = None
+        if self._in_flight is not None:
+            self._in_flight = None
             self._reply(reply)
 
     def _failed(self, failure: Failure, key: bytes) -> None:
-        if self._pending is not None:
+        if self._in_flight is not None:
             self._log.failure("Exim lookup of {key!r} failed", failure, key=key)
             self._done(error_line("internal error"))
 
