@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.protocols.limits}: the netstring codec, with StringTransport."""
+"""Tests for L{mxpolicyd.protocols.socketmap}: the netstring codec, with StringTransport."""
 
 from __future__ import annotations
 
