@@ -324,7 +324,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         # lock file lets a restart replace a socket left by a crash.
         control = [
             ("unix:%s:mode=660:lockfile=1" % config.control.socket,
-             ControlFactory(ControlCommands(cache).run))
+             ControlFactory(ControlCommands(cache).run, reactor))
         ]
     for description, serving in (
         [(d, factory) for d in config.socketmap.listen]

@@ -522,8 +522,8 @@ class NegativeCapTests(SynchronousTestCase):
         self.add("a.test", "b.test", "c.test", "d.test")
         text = self.metrics.render().decode()
         self.assertIn("# TYPE mxpolicyd_cache_evictions_total counter\n"
-                      "mxpolicyd_cache_evictions_total 1\n", text)
-        self.assertIn("\nmxpolicyd_cached_negative_domains 3\n", text)
+                      "mxpolicyd_cache_evictions_total 1.0\n", text)
+        self.assertIn("\nmxpolicyd_cached_negative_domains 3.0\n", text)
 
     def test_lower_cap_applies_at_once(self) -> None:
         """set_bounds() (a reload) with a lower cap evicts down to it at once."""
@@ -585,7 +585,7 @@ class WaitingBoundTests(SynchronousTestCase):
         self.assertEqual(verdict.action, Action.TEMP)
         self.assertIn("DANE state unknown", verdict.rule)
         self.assertEqual(self.cache.shed, 1)
-        self.assertIn("mxpolicyd_lookups_shed_total 1\n", self.metrics.render().decode())
+        self.assertIn("mxpolicyd_lookups_shed_total 1.0\n", self.metrics.render().decode())
         for d in self.evaluator.pending[:2]:
             d.callback(negative(self.clock.seconds()))
         self.assertEqual([c[0] for c in self.evaluator.calls], ["a.test", "b.test", "c.test"])

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.control import ControlCommands
-from mxpolicyd.protocols.control import ControlFactory
+from mxpolicyd.protocols.control import ControlFactory, ControlProtocol
 
 from .test_server import EnforceWorld
 
@@ -21,7 +26,8 @@ class ControlTests(EnforceWorld):
         self.commands = ControlCommands(self.cache)
 
     def ask(self, request: Any) -> dict[str, Any]:
-        proto = ControlFactory(self.commands.run).buildProtocol(None)
+        proto = ControlFactory(self.commands.run, self.clock).buildProtocol(None)
+        assert proto is not None
         transport = StringTransport()
         proto.makeConnection(transport)
         line = request if isinstance(request, bytes) else json.dumps(request).encode()
@@ -77,6 +83,48 @@ class ControlTests(EnforceWorld):
         self.assertIn("not a domain", self.ask({"command": "forget"})["error"])
         self.assertIn("limit", self.ask({"command": "list", "limit": "all"})["error"])
         self.assertIn("longer than", self.ask(b"x" * 5000)["error"])
+
+
+class ControlLimitTests(SynchronousTestCase):
+    """The control socket's connection limit."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict[str, Any]] = []
+        self.factory = ControlFactory(lambda request: {"ok": True}, self.clock,
+                                      max_connections=2)
+        self.factory.limit.refusals._log = Logger(  # type: ignore[misc]
+            observer=self.events.append)
+
+    def connect(self) -> ControlProtocol:
+        proto = self.factory.buildProtocol(UNIXAddress(None))
+        assert proto is not None
+        proto.makeConnection(StringTransport())
+        return proto
+
+    def test_default(self) -> None:
+        """Sixteen connections at once unless told otherwise."""
+        self.assertEqual(ControlFactory(lambda request: {}, self.clock).limit.maximum, 16)
+
+    def test_connection_limit(self) -> None:
+        """The connection after max_connections is refused, and logged; a close makes room for one more."""
+        self.connect()
+        second = self.connect()
+        self.assertEqual(self.factory.limit.open, 2)
+        self.assertIsNone(self.factory.buildProtocol(UNIXAddress(None)))
+        self.assertEqual([(e["what"], e["count"], e["key"]) for e in self.events],
+                         [("control", 2, "the control socket's fixed limit")])
+        second.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.limit.open, 1)
+        self.assertIsNotNone(self.factory.buildProtocol(UNIXAddress(None)))
+
+    def test_answered_connection_counted_until_closed(self) -> None:
+        """A connection holds its place until it is gone, not merely until it is answered."""
+        proto = self.connect()
+        proto.dataReceived(b'{"command": "list"}\n')
+        self.assertEqual(self.factory.limit.open, 1)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.limit.open, 0)
 
 
 class ControlConfigTests(SynchronousTestCase):

@@ -109,12 +109,17 @@ class EximProtocolTests(SynchronousTestCase):
         self.proto.dataReceived(b"slow.test\n")
         self.proto.connectionLost(None)
         self.assertEqual(len(cancelled), 1)
-        self.assertEqual(self.factory.connections, 0)
+        self.assertEqual(self.factory.limit.open, 0)
 
     def test_connection_limit(self) -> None:
-        """Connections beyond the limit are refused."""
-        self.connect()
+        """The connection after max_connections is refused; a close makes room for one more."""
+        second, _ = self.connect()
+        self.assertEqual(self.factory.limit.open, 2)
         self.assertIsNone(self.factory.buildProtocol(ADDR))
+        self.assertEqual(self.factory.limit.refusals.total, 1)
+        second.connectionLost(None)
+        self.assertEqual(self.factory.limit.open, 1)
+        self.assertIsNotNone(self.factory.buildProtocol(ADDR))
 
 
 class EximReplyTests(SynchronousTestCase):

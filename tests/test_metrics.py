@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -21,6 +24,18 @@ from mxpolicyd.tap import Daemon, build_evaluator
 from .test_server import EnforceWorld
 
 
+def exposition(*metrics: Counter | Histogram) -> list[str]:
+    """The lines prometheus_client writes for C{metrics}, as a scrape would."""
+
+    class Collector:
+        def collect(self) -> Iterable[Metric]:
+            return [metric.family() for metric in metrics]
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    return generate_latest(registry).decode("utf-8").splitlines()
+
+
 class FormatTests(SynchronousTestCase):
     def test_counter(self) -> None:
         """A counter renders HELP, TYPE and one sample per label set, escaped."""
@@ -28,25 +43,70 @@ class FormatTests(SynchronousTestCase):
         c.inc("a")
         c.inc("a")
         c.inc('b"\\')
-        self.assertEqual(list(c.render()), [
+        self.assertEqual(exposition(c), [
             "# HELP x_total Things.",
             "# TYPE x_total counter",
-            'x_total{kind="a"} 2',
-            'x_total{kind="b\\"\\\\"} 1',
+            'x_total{kind="a"} 2.0',
+            'x_total{kind="b\\"\\\\"} 1.0',
         ])
 
     def test_histogram(self) -> None:
-        """A histogram renders cumulative buckets, +Inf, sum and count."""
+        """A histogram renders cumulative buckets, +Inf, sum and count; le as before ("1", not "1.0")."""
         h = Histogram("t_seconds", "Time.", ("p",), buckets=(0.1, 1.0))
         h.observe(0.05, "x")
         h.observe(0.5, "x")
         h.observe(5.0, "x")
-        lines = list(h.render())
-        self.assertIn('t_seconds_bucket{p="x",le="0.1"} 1', lines)
-        self.assertIn('t_seconds_bucket{p="x",le="1"} 2', lines)
-        self.assertIn('t_seconds_bucket{p="x",le="+Inf"} 3', lines)
+        lines = exposition(h)
+        self.assertIn("# TYPE t_seconds histogram", lines)
+        self.assertIn('t_seconds_bucket{le="0.1",p="x"} 1.0', lines)
+        self.assertIn('t_seconds_bucket{le="1",p="x"} 2.0', lines)
+        self.assertIn('t_seconds_bucket{le="+Inf",p="x"} 3.0', lines)
         self.assertIn('t_seconds_sum{p="x"} 5.55', lines)
-        self.assertIn('t_seconds_count{p="x"} 3', lines)
+        self.assertIn('t_seconds_count{p="x"} 3.0', lines)
+
+    def test_families(self) -> None:
+        """Every metric keeps its name, type and HELP text, in the order they always had."""
+        metrics = Metrics()
+        metrics.gauge("g_now", "A gauge.", lambda: 7)
+        lines = metrics.render().decode("utf-8").splitlines()
+        self.assertEqual([line for line in lines if line.startswith("# ")], [
+            "# HELP mxpolicyd_lookups_total Lookups answered, by protocol and result.",
+            "# TYPE mxpolicyd_lookups_total counter",
+            "# HELP mxpolicyd_lookup_seconds Time from request to answer, by protocol.",
+            "# TYPE mxpolicyd_lookup_seconds histogram",
+            "# HELP mxpolicyd_cache_lookups_total "
+            "Lookups of a domain answered from memory (hit) or not (miss).",
+            "# TYPE mxpolicyd_cache_lookups_total counter",
+            "# HELP mxpolicyd_evaluations_total Domain evaluations finished.",
+            "# TYPE mxpolicyd_evaluations_total counter",
+            "# HELP mxpolicyd_evaluation_failures_total "
+            "Evaluations that recorded a failure, by kind.",
+            "# TYPE mxpolicyd_evaluation_failures_total counter",
+            "# HELP mxpolicyd_downgrades_total "
+            "Re-evaluations whose verdict was weaker than before.",
+            "# TYPE mxpolicyd_downgrades_total counter",
+            "# HELP mxpolicyd_reloads_total Configuration reloads, by outcome.",
+            "# TYPE mxpolicyd_reloads_total counter",
+            "# HELP mxpolicyd_overrides_total Answers forced by an administrator's entry, "
+            "by kind (postfix, exim, exempt).",
+            "# TYPE mxpolicyd_overrides_total counter",
+            "# HELP mxpolicyd_minimum_temps_total "
+            "Domain answers turned TEMP because the evidence misses a minimum level.",
+            "# TYPE mxpolicyd_minimum_temps_total counter",
+            "# HELP mxpolicyd_downgrade_guard_total Downgrades met by policy.downgrade "
+            "(warned, held) and policies withdrawn by their domain (withdrawn).",
+            "# TYPE mxpolicyd_downgrade_guard_total counter",
+            "# HELP mxpolicyd_lookups_shed_total Lookups of an uncached domain answered "
+            "at once, unevaluated, because lookup.max_waiting evaluations were already waiting.",
+            "# TYPE mxpolicyd_lookups_shed_total counter",
+            "# HELP mxpolicyd_cache_evictions_total "
+            "Cached domains without a policy evicted to stay within lookup.max_negative.",
+            "# TYPE mxpolicyd_cache_evictions_total counter",
+            "# HELP g_now A gauge.",
+            "# TYPE g_now gauge",
+        ])
+        # No samples of prometheus_client's default collectors (process_*, python_*).
+        self.assertEqual([line for line in lines if not line.startswith("# ")], ["g_now 7.0"])
 
     def test_resource(self) -> None:
         """GET /metrics serves the text format; other paths are 404."""
@@ -55,7 +115,7 @@ class FormatTests(SynchronousTestCase):
         request = DummyRequest([b"metrics"])
         request.path = b"/metrics"
         body = MetricsResource(metrics).render_GET(request)
-        self.assertIn(b'mxpolicyd_lookups_total{protocol="socketmap",result="ok"} 1', body)
+        self.assertIn(b'\nmxpolicyd_lookups_total{protocol="socketmap",result="ok"} 1.0\n', body)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),
                          [b"text/plain; version=0.0.4; charset=utf-8"])
         other = DummyRequest([b"x"])

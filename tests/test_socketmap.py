@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.protocols.limits}: the netstring codec, with StringTransport."""
+"""Tests for L{mxpolicyd.protocols.socketmap}: the netstring codec, with StringTransport."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.proto.dataReceived(b"9:postfix a,")
         self.proto.connectionLost(None)
         self.assertEqual(len(cancelled), 1)
-        self.assertEqual(self.factory.connections, 0)
+        self.assertEqual(self.factory.limit.open, 0)
 
     def test_pipelined_flood(self) -> None:
         """A client that floods while a lookup is pending is cut off."""
@@ -214,18 +214,20 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_connection_limit(self) -> None:
-        """Connections beyond max_connections are refused."""
+        """The connection after max_connections is refused; a close makes room for one more."""
         second = self.factory.buildProtocol(ADDR)
         assert second is not None
         second.makeConnection(StringTransport())
+        self.assertEqual(self.factory.limit.open, 2)
         self.assertIsNone(self.factory.buildProtocol(ADDR))
         second.connectionLost(None)
+        self.assertEqual(self.factory.limit.open, 1)
         self.assertIsNotNone(self.factory.buildProtocol(ADDR))
 
     def test_refusals_logged_once_a_minute(self) -> None:
         """A storm of refused connections logs one line a minute, with the count since the last."""
         events: list[dict[str, Any]] = []
-        self.factory.refusals._log = Logger(observer=events.append)  # type: ignore[misc]
+        self.factory.limit.refusals._log = Logger(observer=events.append)  # type: ignore[misc]
         second = self.factory.buildProtocol(ADDR)
         assert second is not None
         second.makeConnection(StringTransport())
@@ -235,7 +237,7 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.factory.buildProtocol(ADDR))
         self.assertEqual([e["refused"] for e in events], [1, 5])
         self.assertEqual(events[0]["key"], "socketmap.max_connections")
-        self.assertEqual(self.factory.refusals.total, 6)
+        self.assertEqual(self.factory.limit.refusals.total, 6)
 
 
 class ShortSocket:

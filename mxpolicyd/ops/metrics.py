@@ -2,16 +2,28 @@
 Metrics: counters and a latency histogram, served in Prometheus's text
 format on their own listener.
 
-The lookup path only increments integers in dicts; the text is rendered when
-Prometheus scrapes.  Labels are bounded sets (protocol, result, kind): never
-a domain name, which would make a series per destination.
+The lookup path only increments integers in dicts; prometheus_client writes
+the text when Prometheus scrapes, from metric families that L{Metrics}, a
+custom collector, builds out of those dicts there and then.  Its own Counter
+and Histogram would take a lock on every increment of every lookup.  Labels
+are bounded sets (protocol, result, kind): never a domain name, which would
+make a series per destination.
 """
 
 from __future__ import annotations
 
 import bisect
+from itertools import accumulate
 from typing import Callable, Iterable
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -19,8 +31,17 @@ from twisted.web.server import Request
 # lookup deadline.
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0)
 
+# What prometheus_client serves a scraper that asks for no format in
+# particular: the text format 0.0.4, and its content type.  Its constant
+# CONTENT_TYPE_LATEST says version 0.0.4 in 0.16 but 1.0.0 in 0.26, for the
+# same text; and OpenMetrics, which Prometheus would negotiate, is not
+# offered, so that a scrape reads as it did before prometheus_client.
+_encode, CONTENT_TYPE = choose_encoder("")
+
 
 class Counter:
+    """A counter's values by label set, for the lookup path to increment."""
+
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
         self.name = name
         self.help = help
@@ -30,11 +51,12 @@ class Counter:
     def inc(self, *label_values: str, by: float = 1) -> None:
         self.values[label_values] = self.values.get(label_values, 0) + by
 
-    def render(self) -> Iterable[str]:
-        yield "# HELP %s %s" % (self.name, self.help)
-        yield "# TYPE %s counter" % (self.name,)
+    def family(self) -> Metric:
+        """The samples as they are now, for one scrape."""
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
         for values, count in sorted(self.values.items()):
-            yield "%s%s %s" % (self.name, _labels(self.labels, values), _number(count))
+            family.add_metric(values, count)
+        return family
 
 
 class Gauge:
@@ -45,19 +67,22 @@ class Gauge:
         self.help = help
         self.read = read
 
-    def render(self) -> Iterable[str]:
-        yield "# HELP %s %s" % (self.name, self.help)
-        yield "# TYPE %s gauge" % (self.name,)
-        yield "%s %s" % (self.name, _number(self.read()))
+    def family(self) -> Metric:
+        return GaugeMetricFamily(self.name, self.help, value=self.read())
 
 
 class Histogram:
+    """Counts per bucket by label set, for the lookup path to increment."""
+
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = (),
                  buckets: tuple[float, ...] = BUCKETS) -> None:
         self.name = name
         self.help = help
         self.labels = labels
         self.buckets = buckets
+        # The le values written before prometheus_client (le="1", not its
+        # "1.0"): a series keeps its name across the upgrade.
+        self._bounds = tuple(_le(bound) for bound in buckets) + ("+Inf",)
         # Per label set: a count per bucket (plus +Inf), and the sum.
         self.counts: dict[tuple[str, ...], list[int]] = {}
         self.sums: dict[tuple[str, ...], float] = {}
@@ -70,34 +95,19 @@ class Histogram:
         counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.sums[label_values] += seconds
 
-    def render(self) -> Iterable[str]:
-        yield "# HELP %s %s" % (self.name, self.help)
-        yield "# TYPE %s histogram" % (self.name,)
+    def family(self) -> Metric:
+        """Cumulative buckets, sum and count as they are now, for one scrape."""
+        family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
         for values, counts in sorted(self.counts.items()):
-            total = 0
-            for bound, count in zip(self.buckets + (float("inf"),), counts):
-                total += count
-                le = "+Inf" if bound == float("inf") else _number(bound)
-                yield "%s_bucket%s %d" % (
-                    self.name, _labels(self.labels + ("le",), values + (le,)), total)
-            yield "%s_sum%s %s" % (self.name, _labels(self.labels, values),
-                                   _number(self.sums[values]))
-            yield "%s_count%s %d" % (self.name, _labels(self.labels, values), total)
+            family.add_metric(values, list(zip(self._bounds, accumulate(counts))),
+                              self.sums[values])
+        return family
 
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    if not names:
-        return ""
-    return "{%s}" % ",".join(
-        '%s="%s"' % (n, v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
-        for n, v in zip(names, values)
-    )
-
-
-def _number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return "%d" % value
-    return repr(float(value))
+def _le(bound: float) -> str:
+    if bound == int(bound):
+        return "%d" % bound
+    return repr(float(bound))
 
 
 class Metrics:
@@ -146,12 +156,16 @@ class Metrics:
             "mxpolicyd_cache_evictions_total",
             "Cached domains without a policy evicted to stay within lookup.max_negative.")
         self.gauges: list[Gauge] = []
+        # Private: the daemon's metrics only, none of prometheus_client's
+        # default process and platform collectors.
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self.gauges.append(Gauge(name, help, read))
 
-    def render(self) -> bytes:
-        lines: list[str] = []
+    def collect(self) -> Iterable[Metric]:
+        """prometheus_client's collector protocol: every metric, read now."""
         metrics: list[Counter | Histogram | Gauge] = [
             self.lookups, self.latency, self.cache, self.evaluations,
             self.failures, self.downgrades, self.reloads,
@@ -159,8 +173,11 @@ class Metrics:
             *self.gauges,
         ]
         for metric in metrics:
-            lines.extend(metric.render())
-        return ("\n".join(lines) + "\n").encode("utf-8")
+            yield metric.family()
+
+    def render(self) -> bytes:
+        """One scrape's text, in the format L{CONTENT_TYPE} names."""
+        return _encode(self._registry)
 
 
 class MetricsResource(Resource):
@@ -176,5 +193,5 @@ class MetricsResource(Resource):
         if request.path != b"/metrics":
             request.setResponseCode(404)
             return b"not found: try /metrics\n"
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
         return self._metrics.render()

@@ -18,10 +18,13 @@ import json
 from typing import Any, Callable, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+
+from mxpolicyd.protocols.limits import ConnectionLimit
 
 Result = Union[dict[str, Any], Deferred[dict[str, Any]]]
 Run = Callable[[dict[str, Any]], Result]
@@ -32,8 +35,17 @@ class ControlProtocol(LineOnlyReceiver):
     MAX_LENGTH = 4096
     _log = Logger()
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, limit: ConnectionLimit) -> None:
         self._run = run
+        self._limit = limit
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._limit.opened()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._limit.closed()
+        super().connectionLost(reason)
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -67,10 +79,22 @@ class ControlProtocol(LineOnlyReceiver):
 
 
 class ControlFactory(Factory):
+    """
+    Serves administrators' commands; refuses connections beyond a small
+    limit.  A command is one exchange, a refresh at most one evaluation
+    long, and a person or a script sends a few at a time: 16 at once is
+    plenty, and it bounds the descriptors a runaway script can take.
+    """
+
     noisy = False
+    _log = Logger()
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, clock: IReactorTime, max_connections: int = 16) -> None:
         self._run = run
+        self.limit = ConnectionLimit(max_connections, clock, self._log, "control",
+                                     "the control socket's fixed limit")
 
-    def buildProtocol(self, addr: object) -> ControlProtocol:
-        return ControlProtocol(self._run)
+    def buildProtocol(self, addr: object) -> ControlProtocol | None:
+        if not self.limit.admit(addr):
+            return None
+        return ControlProtocol(self._run, self.limit)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mxpolicyd.protocols.limits import Refusals
+from mxpolicyd.protocols.limits import ConnectionLimit
 
 Reply = Union[bytes, Deferred[bytes]]
 Lookup = Callable[[bytes], Reply]
@@ -43,19 +43,19 @@ class EximProtocol(Protocol):
         self._factory = factory
         self._buffer = b""
         self._answered = False
-        self._pending: Deferred[bytes] | None = None
+        self._in_flight: Deferred[bytes] | None = None
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self._factory.connections += 1
+        self._factory.limit.opened()
         self._timer = self._factory.clock.callLater(self._factory.timeout, self._expired)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._factory.connections -= 1
+        self._factory.limit.closed()
         self._stop_timer()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         if self._answered:
@@ -97,16 +97,16 @@ class EximProtocol(Protocol):
         if isinstance(result, bytes):
             self._reply(result)
             return
-        self._pending = result
+        self._in_flight = result
         result.addCallbacks(self._done, self._failed, errbackArgs=(key,))
 
     def _done(self, reply: bytes) -> None:
-        if self._pending is not None:
-            self._pending = None
+        if self._in_flight is not None:
+            self._in_flight = None
             self._reply(reply)
 
     def _failed(self, failure: Failure, key: bytes) -> None:
-        if self._pending is not None:
+        if self._in_flight is not None:
             self._log.failure("Exim lookup of {key!r} failed", failure, key=key)
             self._done(error_line("internal error"))
 
@@ -134,12 +134,10 @@ class EximFactory(Factory):
         self.clock = clock
         self.timeout = timeout
         self.max_request_size = max_request_size
-        self.max_connections = max_connections
-        self.connections = 0
-        self.refusals = Refusals(clock, self._log, "Exim", "exim.max_connections")
+        self.limit = ConnectionLimit(max_connections, clock, self._log, "Exim",
+                                     "exim.max_connections")
 
     def buildProtocol(self, addr: object) -> EximProtocol | None:
-        if self.connections >= self.max_connections:
-            self.refusals.refused(addr, self.connections)
+        if not self.limit.admit(addr):
             return None
         return EximProtocol(self)

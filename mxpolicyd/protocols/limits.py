@@ -1,6 +1,7 @@
 """
 Connection limits shared by the listeners: beyond its C{max_connections} a
-listener refuses, and says so at most once a minute.
+listener refuses, and says so at most once a minute.  Every peer may be
+hostile, and an open connection holds a descriptor and memory.
 """
 
 from __future__ import annotations
@@ -40,3 +41,35 @@ class Refusals:
         )
         self._logged = now
         self._since_logged = 0
+
+
+class ConnectionLimit:
+    """
+    At most C{maximum} connections open at one listener.
+
+    Its factory asks L{admit} in C{buildProtocol} (returning None closes the
+    new connection at once), and each protocol says when it is L{opened}
+    and L{closed}.  The protocols count themselves rather than being wrapped
+    (C{twisted.protocols.policies}' ProtocolWrapper), which would put one
+    more call in front of every C{dataReceived}: on the socketmap listener,
+    in front of every lookup.
+    """
+
+    def __init__(self, maximum: int, clock: IReactorTime, log: Logger, what: str,
+                 key: str) -> None:
+        self.maximum = maximum
+        self.open = 0
+        self.refusals = Refusals(clock, log, what, key)
+
+    def admit(self, peer: object) -> bool:
+        """Whether one more connection may open; a refusal is counted and logged."""
+        if self.open < self.maximum:
+            return True
+        self.refusals.refused(peer, self.open)
+        return False
+
+    def opened(self) -> None:
+        self.open += 1
+
+    def closed(self) -> None:
+        self.open -= 1

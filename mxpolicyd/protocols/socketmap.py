@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxpolicyd.protocols.limits import Refusals
+from mxpolicyd.protocols.limits import ConnectionLimit
 
 Reply = Union[bytes, Deferred[bytes]]
 
@@ -51,7 +51,7 @@ class SocketmapProtocol(Protocol):
         self._lookup = factory.lookup
         self._seconds = factory.clock.seconds
         self._buffer = b""
-        self._pending: Deferred[bytes] | None = None
+        self._in_flight: Deferred[bytes] | None = None
         self._last = 0.0
         self._idle: IDelayedCall | None = None
         self._closing = False
@@ -62,27 +62,27 @@ class SocketmapProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._socket = transport.socket
-        self._factory.connections += 1
+        self._factory.limit.opened()
         self._last = self._factory.clock.seconds()
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._checkIdle
         )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._factory.connections -= 1
+        self._factory.limit.closed()
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.cancel()
 
     def _checkIdle(self) -> None:
         # One timer per idle period, not a reset per request: requests only
         # note the time, which keeps the cached path cheap.
         idle = self._factory.idle_timeout
         left = self._last + idle - self._factory.clock.seconds()
-        if self._pending is None and left <= 0:
+        if self._in_flight is None and left <= 0:
             self._idle = None
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
@@ -95,7 +95,7 @@ class SocketmapProtocol(Protocol):
         if self._buffer:
             data = self._buffer + data
         self._buffer = data
-        if self._pending is None:
+        if self._in_flight is None:
             self._process()
         elif len(data) > self._factory.max_request_size + _MAX_DIGITS + 2:
             # Postfix sends one request at a time; this peer does not.
@@ -144,7 +144,7 @@ class SocketmapProtocol(Protocol):
             payload = buf[colon + 1 : end]
             self._buffer = buf[end + 1 :]
             self._request(payload)
-            if self._pending is not None or self._closing:
+            if self._in_flight is not None or self._closing:
                 return
             buf = self._buffer
 
@@ -165,13 +165,13 @@ class SocketmapProtocol(Protocol):
         if isinstance(result, bytes):
             self._write(b"%d:%s," % (len(result), result))
             return
-        self._pending = result
+        self._in_flight = result
         result.addCallbacks(self._answered, self._failed, errbackArgs=(name, key))
 
     def _answered(self, reply: bytes) -> None:
-        if self._pending is None:
+        if self._in_flight is None:
             return
-        self._pending = None
+        self._in_flight = None
         if self._closing:
             return
         self._reply(reply)
@@ -179,7 +179,7 @@ class SocketmapProtocol(Protocol):
             self._process()
 
     def _failed(self, failure: Failure, name: bytes, key: bytes) -> None:
-        if self._pending is None:
+        if self._in_flight is None:
             return  # the connection went away; nobody to tell
         self._log.failure(
             "Lookup of {key!r} in {name!r} failed", failure, key=key, name=name
@@ -240,14 +240,12 @@ class SocketmapFactory(Factory):
         self.clock = clock
         self.max_request_size = max_request_size
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.connections = 0
-        self.refusals = Refusals(clock, self._log, "socketmap", "socketmap.max_connections")
+        self.limit = ConnectionLimit(max_connections, clock, self._log, "socketmap",
+                                     "socketmap.max_connections")
 
     def buildProtocol(self, addr: IAddress) -> SocketmapProtocol | None:  # type: ignore[override]
-        if self.connections >= self.max_connections:
+        if not self.limit.admit(addr):
             # Postfix sees the close, retries once, then defers the mail:
             # nothing is lost, and the daemon stays responsive.
-            self.refusals.refused(addr, self.connections)
             return None
         return SocketmapProtocol(self)

@@ -249,7 +249,7 @@ def run_socketmap(chunks: Sequence[bytes], max_size: int, fired: bool, hold: boo
         check(transport.disconnecting, "an idle connection stays open")
         check(transport.value() == output, "output after idling")
     proto.connectionLost(Failure(ConnectionDone()))
-    check(factory.connections == 0, "connection count", factory.connections)
+    check(factory.limit.open == 0, "connection count", factory.limit.open)
     check(not clock.getDelayedCalls(), "timers left after the close")
     return Outcome(output, closed, lookups.calls)
 
@@ -337,7 +337,7 @@ def run_exim(chunks: Sequence[bytes], max_size: int, fired: bool, hold: bool,
     lookups.drain()
     check(transport.value() == output, "a second reply", transport.value())
     proto.connectionLost(Failure(ConnectionDone()))
-    check(factory.connections == 0, "connection count", factory.connections)
+    check(factory.limit.open == 0, "connection count", factory.limit.open)
     check(not clock.getDelayedCalls(), "timers left after the close")
     return Outcome(output, True, lookups.calls)
 

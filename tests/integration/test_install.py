@@ -61,7 +61,8 @@ MAP = f"socketmap:inet:{DEFAULT_ADDRESS}:{DEFAULT_PORT}:postfix"
 # mxpolicyd query's exit statuses.
 FOUND, NOT_FOUND = 0, 1
 # The libraries command 1 must take from Debian, by import name.
-DEBIAN_LIBRARIES = ("twisted", "treq", "dns", "OpenSSL", "service_identity", "idna")
+DEBIAN_LIBRARIES = ("twisted", "treq", "dns", "OpenSSL", "service_identity", "idna",
+                    "prometheus_client")
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
 # What `python3 -m venv` itself puts in a venv (ensurepip), besides what pip installs.
 VENV_OWN = {"pip", "setuptools"}
