@@ -19,7 +19,7 @@ class OutageTests(SynchronousTestCase):
         self.clock.advance(3600)
         self.events: list[dict[str, Any]] = []
         log = Logger(observer=cast(ILogObserver, self.events.append), namespace="owner")
-        self.outage = Outage(log, self.clock)
+        self.outage = Outage(log, self.clock.seconds)
 
     def lines(self, level: LogLevel) -> list[str]:
         return [formatEvent(e) for e in self.events if e["log_level"] == level]

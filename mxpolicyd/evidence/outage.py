@@ -34,7 +34,7 @@ class ResolverOutage:
             (C{"DANE evaluations"}).
         """
         self._log = log
-        self._outage = Outage(log, clock)
+        self._outage = Outage(log, clock.seconds)
         self._checks = checks
         # The kinds seen in this outage, in order, for the recovery line.
         self._kinds: dict[str, None] = {}

@@ -8,9 +8,8 @@ journal and hide when the trouble ended.
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Callable, Hashable
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from mxpolicyd.ops.times import utc
@@ -29,13 +28,14 @@ class Outage:
     in UTC) and C{seconds} (how long it has lasted).
     """
 
-    def __init__(self, log: Logger, clock: IReactorTime) -> None:
+    def __init__(self, log: Logger, now: Callable[[], float]) -> None:
         """
         @param log: the owner's logger, so that the lines carry its
             namespace.
+        @param now: the owner's clock (C{reactor.seconds}, C{time.time}).
         """
         self._log = log
-        self._clock = clock
+        self._now = now
         self._failures = 0
         self._since = 0.0
         self._told: set[Hashable] = set()
@@ -62,7 +62,7 @@ class Outage:
         @return: whether it was news.
         """
         if not self._failures:
-            self._since = self._clock.seconds()
+            self._since = self._now()
         self._failures += 1
         news = aspect not in self._told
         self._told.add(aspect)
@@ -95,5 +95,5 @@ class Outage:
         return {
             "failures": self._failures,
             "since": utc(self._since),
-            "seconds": self._clock.seconds() - self._since,
+            "seconds": self._now() - self._since,
         }
