@@ -36,10 +36,12 @@ class OutageTests(SynchronousTestCase):
         self.assertEqual(self.lines(LogLevel.debug), ["Cannot write to /x"] * 2)
         self.assertTrue(self.outage.ongoing)
 
-    def test_lines_carry_the_owners_namespace(self) -> None:
-        """The lines are the owner's: its logger's namespace, not the outage's."""
+    def test_lines_are_the_owners(self) -> None:
+        """The lines are the owner's: its logger's namespace and its format, with its fields."""
         self.fail()
         self.assertEqual(self.events[0]["log_namespace"], "owner")
+        self.assertEqual(self.events[0]["log_format"], "Cannot write to {path}")
+        self.assertEqual(self.events[0]["path"], "/x")
 
     def test_end_says_how_long_and_how_often(self) -> None:
         """The first success after failures logs one info line with their count, start and duration."""

@@ -66,13 +66,10 @@ class Outage:
         self._failures += 1
         news = aspect not in self._told
         self._told.add(aspect)
-        self._log.emit(
-            level if news else LogLevel.debug,
-            format + "{outage_note}",
-            outage_note=note if news else "",
-            **self._facts(),
-            **fields,
-        )
+        if note:
+            format += "{outage_note}"
+            fields["outage_note"] = note if news else ""
+        self._log.emit(level if news else LogLevel.debug, format, **self._facts(), **fields)
         return news
 
     def ended(self, format: str, minimum: int = 1, **fields: object) -> bool:
