@@ -34,7 +34,6 @@ class OutageTests(SynchronousTestCase):
         self.assertFalse(self.fail(level=LogLevel.error))
         self.assertEqual(self.lines(LogLevel.error), ["Cannot write to /x"])
         self.assertEqual(self.lines(LogLevel.debug), ["Cannot write to /x"] * 2)
-        self.assertTrue(self.outage.ongoing)
 
     def test_lines_are_the_owners(self) -> None:
         """The lines are the owner's: its logger's namespace and its format, with its fields."""
@@ -53,7 +52,7 @@ class OutageTests(SynchronousTestCase):
             path="/x"))
         self.assertEqual(self.lines(LogLevel.info),
                          ["Wrote to /x again after 2 failures since 1970-01-01 01:00:00 UTC (90 s)"])
-        self.assertFalse(self.outage.ongoing)
+        self.assertFalse(self.outage.ended("again"))
 
     def test_end_without_outage_is_silent(self) -> None:
         """A success with no outage under way logs nothing and says so."""

@@ -40,11 +40,6 @@ class Outage:
         self._since = 0.0
         self._told: set[Hashable] = set()
 
-    @property
-    def ongoing(self) -> bool:
-        """Whether something failed and nothing worked since."""
-        return self._failures > 0
-
     def failed(
         self,
         format: str,
