@@ -68,19 +68,23 @@ def _observer(stream: TextIO, level: LogLevel) -> FilteringLogObserver:
 # twisted.internet in newer releases): every port's
 # opening and closing (one pair per DNS query over UDP, which would drown the
 # log), and its own words on shutdown.  The daemon says once, in its own
-# words, where it listens and that it stops.
+# words, where it listens and that it stops.  ClientService (the Redis
+# client's reconnection) says at info when it retries, every time: the
+# client says it once per outage.
 _TWISTED_CHATTER = re.compile(
     r".+ starting on (?:\d+|b?'.*')"
     r"|\((?:TCP |UDP |UNIX )?Port .+ Closed\)"
     r"|Received SIG[A-Z]+, shutting down\."
     r"|Main loop terminated\."
+    r"|Scheduling retry \d+ to connect .+ in \S+ seconds\."
 )
 
 
 def _twisted_chatter(event: dict[str, Any], text: str) -> bool:
     """Whether C{event} is one of Twisted's routine lines (never one of ours)."""
     namespace = event.get("log_namespace") or ""
-    return ((namespace == "log_legacy" or namespace.startswith("twisted.internet."))
+    return ((namespace == "log_legacy"
+             or namespace.startswith(("twisted.internet.", "twisted.application.")))
             and "log_failure" not in event
             and not event.get("isError")
             and _TWISTED_CHATTER.fullmatch(text) is not None)

@@ -312,7 +312,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
     metrics.gauge("mxpolicyd_evaluations_in_flight", "Evaluations running now.",
                   lambda: cache.evaluations_in_flight)
     metrics.gauge("mxpolicyd_store_pending_writes", "Domain states not yet written.",
-                  lambda: store.pending)
+                  lambda: store.unwritten)
     if refresher is not None:
         scheduled = refresher
         metrics.gauge("mxpolicyd_refresh_queue", "Domains scheduled for a refresh.",

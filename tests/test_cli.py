@@ -9,13 +9,24 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python import log as legacy
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd import cli
+from mxpolicyd.net.redis import RedisClient
 
 # Each command with what it needs besides the global options.
 COMMANDS: dict[str, list[str]] = {
@@ -176,6 +187,28 @@ class TwistedChatterTests(SynchronousTestCase):
             "Received SIGTERM, shutting down.",
             "Main loop terminated.",
         ), ["SocketmapFactory starting on 1"])
+
+    def test_client_service_retries_dropped(self) -> None:
+        """ClientService's line per retry is dropped; the Redis client's own outage line stays."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        reactor = MemoryReactorClock()
+        RedisClient(reactor, "tcp:127.0.0.1:6390").start()
+        _, _, factory, _, _ = reactor.tcpClients[-1]
+        factory.clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
+        retries = [e for e in events if formatEvent(e).startswith("Scheduling retry 1 ")]
+        self.assertEqual(len(retries), 1, "this Twisted's ClientService says it retries")
+        self.assertEqual(retries[0]["log_level"], LogLevel.info)
+        out = io.StringIO()
+        daemon = cli._observer(out, LogLevel.info)
+        for event in events:
+            daemon(event)
+        lines = out.getvalue().splitlines()
+        self.assertEqual([line for line in lines if "Scheduling retry" in line], [])
+        self.assertEqual(len([line for line in lines
+                              if line.startswith("Cannot connect to Redis at tcp:127.0.0.1:6390")]), 1)
 
     def test_other_legacy_lines_kept(self) -> None:
         """Other lines from Twisted, and the same words from the daemon, are kept."""

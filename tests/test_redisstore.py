@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger, formatEvent
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -159,18 +159,25 @@ class FakeRedis:
 class Fleet:
     """One daemon's store on the fake Redis, with its log lines."""
 
-    def __init__(self, reactor: MemoryReactorClock, redis: FakeRedis, owner: str,
-                 chunk: int = 1000, connect: bool = True) -> None:
+    def __init__(self, test: SynchronousTestCase, reactor: MemoryReactorClock, redis: FakeRedis,
+                 owner: str, chunk: int = 1000, connect: bool = True) -> None:
         self.client = RedisClient(reactor, "tcp:127.0.0.1:6390", timeout=2.0)
         self.store = RedisStore(self.client, reactor, window=WINDOW, owner=owner, chunk=chunk)
         self.events: list[dict[str, Any]] = []
-        self.store._log = Logger(observer=self.events.append)  # type: ignore[misc]
+        observer = cast(ILogObserver, self.observe)
+        globalLogPublisher.addObserver(observer)
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
         self.store.open()
         if connect:
             redis.accept()
 
-    def log(self) -> list[str]:
-        return [formatEvent(e) for e in self.events]
+    def observe(self, event: dict[str, Any]) -> None:
+        if event.get("log_source") is self.store:
+            self.events.append(event)
+
+    def log(self, level: LogLevel = LogLevel.debug) -> list[str]:
+        """The store's lines at C{level} or above."""
+        return [formatEvent(e) for e in self.events if e["log_level"] >= level]
 
 
 class RedisStoreTests(SynchronousTestCase):
@@ -178,7 +185,7 @@ class RedisStoreTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(START)
         self.redis = FakeRedis(self.reactor)
-        self.a = Fleet(self.reactor, self.redis, "daemon-a")
+        self.a = Fleet(self, self.reactor, self.redis, "daemon-a")
         self.store = self.a.store
 
     def flush(self, store: RedisStore | None = None) -> None:
@@ -194,10 +201,10 @@ class RedisStoreTests(SynchronousTestCase):
         """put() sends nothing; flush() writes the state and its last use under the domain's key."""
         state = enforced(START + DAY)
         self.store.put("a.test", state, used_at=START - 5)
-        self.assertEqual(self.store.pending, 1)
+        self.assertEqual(self.store.unwritten, 1)
         self.assertIsNone(self.stored("a.test"))
         self.flush()
-        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(self.store.unwritten, 0)
         self.assertEqual(self.stored("a.test"), {"state": state.to_json(), "used": START - 5})
 
     def test_other_daemon_reads(self) -> None:
@@ -205,7 +212,7 @@ class RedisStoreTests(SynchronousTestCase):
         state = enforced(START + DAY)
         self.store.put("a.test", state, used_at=START - 5)
         self.flush()
-        b = Fleet(self.reactor, self.redis, "daemon-b")
+        b = Fleet(self, self.reactor, self.redis, "daemon-b")
         d = b.store.get("a.test")
         self.redis.pump()
         self.assertEqual(self.successResultOf(d), ("a.test", state, START - 5))
@@ -257,7 +264,7 @@ class RedisStoreTests(SynchronousTestCase):
         self.assertIsNone(self.stored("a.test"))
         self.assertEqual(self.redis.commands[-1], [b"DEL", b"mxpolicyd:d:a.test"])
 
-    def test_pending_answers_first(self) -> None:
+    def test_unwritten_answers_first(self) -> None:
         """get() of an unflushed put or delete answers from memory, asking Redis nothing."""
         state = enforced(START + DAY)
         self.store.put("a.test", state, used_at=7.0)
@@ -285,14 +292,14 @@ class RedisStoreTests(SynchronousTestCase):
         """A get() at start-up, before the connection is up, waits for it rather than failing."""
         self.store.put("a.test", DomainState(), used_at=START)
         self.flush()
-        b = Fleet(self.reactor, self.redis, "daemon-b", connect=False)
+        b = Fleet(self, self.reactor, self.redis, "daemon-b", connect=False)
         d = b.store.get("a.test")
         self.assertNoResult(d)
         self.redis.accept()
         self.assertEqual(self.successResultOf(d)[0], "a.test")
 
-    def test_down_keeps_pending(self) -> None:
-        """While Redis is away a flush keeps the batch, newer puts win, and the outage is logged once."""
+    def test_down_keeps_unwritten(self) -> None:
+        """While Redis is away a flush keeps the batch, newer puts win, and the outage is one warning."""
         self.redis.drop()
         self.store.put("a.test", DomainState(), used_at=START)
         self.store.put("b.test", DomainState(), used_at=START)
@@ -301,10 +308,11 @@ class RedisStoreTests(SynchronousTestCase):
         newer = enforced(START + DAY)
         self.store.put("a.test", newer, used_at=START + 1)
         self.successResultOf(self.store.flush())
-        self.assertEqual(self.store.pending, 2)
-        unreachable = [line for line in self.a.log() if "unreachable" in line]
+        self.assertEqual(self.store.unwritten, 2)
+        unreachable = [line for line in self.a.log(LogLevel.warn) if "unreachable" in line]
         self.assertEqual(len(unreachable), 1)
         self.assertIn("keeping 2 domain states in memory and retrying", unreachable[0])
+        self.assertEqual(len([line for line in self.a.log() if "unreachable" in line]), 3)
         self.assertIsNone(self.stored("a.test"))
 
     def test_resynchronise_on_reconnect(self) -> None:
@@ -317,22 +325,25 @@ class RedisStoreTests(SynchronousTestCase):
         self.store.put("b.test", DomainState(), used_at=START)
         self.reactor.advance(1.0)
         self.redis.accept()
-        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(self.store.unwritten, 0)
         self.assertEqual(self.stored("a.test"), {"state": newer.to_json(), "used": START + 1})
         self.assertIsNotNone(self.stored("b.test"))
-        self.assertIn("Redis at tcp:127.0.0.1:6390 is back; wrote 2 pending states", self.a.log())
+        self.assertIn("Redis at tcp:127.0.0.1:6390 is back; wrote 2 domain states kept in "
+                      "memory since 1970-01-12 13:46:40 UTC", self.a.log())
 
     def test_lost_during_flush(self) -> None:
-        """A batch whose writes are not confirmed stays pending, unless a newer put replaced it."""
+        """A batch whose writes are not confirmed stays unwritten, unless a newer put replaced it."""
         self.store.put("a.test", DomainState(), used_at=START)
         self.store.put("b.test", DomainState(), used_at=START)
         d = self.store.flush()
-        self.assertIs(self.store.flush(), d)
+        waiting = self.store.flush()
+        self.assertNoResult(waiting)
         newer = enforced(START + DAY)
         self.store.put("a.test", newer, used_at=START + 1)
         self.redis.drop()
         self.successResultOf(d)
-        self.assertEqual(self.store.pending, 2)
+        self.successResultOf(waiting)
+        self.assertEqual(self.store.unwritten, 2)
         self.reactor.advance(1.0)
         self.redis.accept()
         self.assertEqual(self.stored("a.test"), {"state": newer.to_json(), "used": START + 1})
@@ -346,16 +357,16 @@ class RedisStoreTests(SynchronousTestCase):
             RedisError("OOM command not allowed") if c[0] == b"SET" else run(c)
         )
         self.flush()
-        self.assertEqual(self.store.pending, 1)
+        self.assertEqual(self.store.unwritten, 1)
         self.assertTrue(any("OOM" in line for line in self.a.log()))
         self.redis.run = run  # type: ignore[method-assign]
         self.flush()
-        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(self.store.unwritten, 0)
         self.assertIsNotNone(self.stored("a.test"))
 
     def test_pipelined_in_chunks(self) -> None:
         """A flush sends its writes pipelined, a chunk per round trip."""
-        fleet = Fleet(self.reactor, self.redis, "daemon-c", chunk=2)
+        fleet = Fleet(self, self.reactor, self.redis, "daemon-c", chunk=2)
         for i in range(5):
             fleet.store.put("d%d.test" % i, DomainState(), used_at=START)
         self.redis.reads.clear()
@@ -365,7 +376,7 @@ class RedisStoreTests(SynchronousTestCase):
 
     def test_lease(self) -> None:
         """The first daemon takes a domain's lease; another is refused until it expires."""
-        b = Fleet(self.reactor, self.redis, "daemon-b")
+        b = Fleet(self, self.reactor, self.redis, "daemon-b")
         d = self.store.lease("a.test", 60)
         self.redis.pump()
         self.assertTrue(self.successResultOf(d))
@@ -383,7 +394,7 @@ class RedisStoreTests(SynchronousTestCase):
 
     def test_own_lease(self) -> None:
         """A daemon still holding a domain's lease refreshes it again and extends the lease."""
-        b = Fleet(self.reactor, self.redis, "daemon-b")
+        b = Fleet(self, self.reactor, self.redis, "daemon-b")
         for _ in range(3):
             d = self.store.lease("a.test", 60)
             self.redis.pump()
@@ -431,7 +442,7 @@ class RedisStoreTests(SynchronousTestCase):
         """A scan started before the connection is up waits for it."""
         self.store.put("a.test", DomainState(), used_at=START)
         self.flush()
-        b = Fleet(self.reactor, self.redis, "daemon-b", connect=False)
+        b = Fleet(self, self.reactor, self.redis, "daemon-b", connect=False)
         batches = b.store.scan()
         d = next(batches)
         self.assertNoResult(d)
@@ -441,7 +452,7 @@ class RedisStoreTests(SynchronousTestCase):
 
     def test_scan_when_down(self) -> None:
         """With Redis unreachable at start-up the scan ends at once with a warning."""
-        b = Fleet(self.reactor, self.redis, "daemon-b", connect=False)
+        b = Fleet(self, self.reactor, self.redis, "daemon-b", connect=False)
         batches = b.store.scan()
         d = next(batches)
         self.redis.refuse()

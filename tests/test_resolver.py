@@ -25,7 +25,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from mxpolicyd.net.dns import Answer, DNSError, Resolver, system_nameservers
+from mxpolicyd.net.dns import (
+    Answer,
+    DNSError,
+    Resolver,
+    kind_text,
+    resolver_kind,
+    system_nameservers,
+)
 
 TLSA = dns.rdatatype.TLSA
 A = dns.rdatatype.A
@@ -901,6 +908,36 @@ class DNSErrorTests(SynchronousTestCase):
         self.assertIn("::1", error.message)
         self.assertIn("REFUSED", error.message)
         self.assertEqual(str(error), "DNS REFUSED for example.test TXT")
+
+
+class ResolverKindTests(SynchronousTestCase):
+    """Which failed lookups are the resolver's (an outage) and which the name's."""
+
+    def error(self, kind: str) -> DNSError:
+        return DNSError("example.test", MX, kind, "m")
+
+    def test_resolver_kinds(self) -> None:
+        """Timeouts, network errors and error rcodes are the resolver's; the first kind is named."""
+        for kind in ("timeout", "network", "refused", "servfail", "formerr", "notimp", "rcode"):
+            self.assertEqual(resolver_kind([self.error(kind)]), kind)
+        self.assertEqual(resolver_kind([self.error("timeout"), self.error("servfail")]), "timeout")
+
+    def test_name_kinds(self) -> None:
+        """A CNAME loop or a malformed answer is about the name, even beside a timeout."""
+        for kind in ("cname-loop", "malformed"):
+            self.assertIsNone(resolver_kind([self.error(kind)]))
+            self.assertIsNone(resolver_kind([self.error("timeout"), self.error(kind)]))
+
+    def test_no_errors_or_other_errors(self) -> None:
+        """No errors, or an error that is not a DNSError, is no outage."""
+        self.assertIsNone(resolver_kind([]))
+        self.assertIsNone(resolver_kind([ValueError("x")]))
+
+    def test_kind_text(self) -> None:
+        """Kinds are written as log lines write them; an unknown kind as it is."""
+        self.assertEqual(kind_text("servfail"), "SERVFAIL")
+        self.assertEqual(kind_text("network"), "network error")
+        self.assertEqual(kind_text("new-kind"), "new-kind")
 
 
 class SystemNameserversTests(SynchronousTestCase):

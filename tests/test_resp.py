@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -10,6 +10,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -228,6 +229,15 @@ class RedisClientTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.client = self.make()
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def lines(self, level: LogLevel) -> list[str]:
+        """What the client logged at C{level}."""
+        return [formatEvent(e) for e in self.events
+                if e["log_level"] == level and e.get("log_source") is self.client]
 
     def make(self, password: str | None = None, db: int = 0) -> RedisClient:
         client = RedisClient(
@@ -410,6 +420,104 @@ class RedisClientTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_rejected_connection_ends_quietly(self) -> None:
+        """The end of a connection the handshake rejected raises nothing and leaves the retry as it was."""
+        client = self.make(password="wrong")
+        client.start()
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(0.9)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        protocol, transport = self.accept()
+        self.assertEqual(transport.value(), encode(["AUTH", "wrong"]))
+
+    def test_lost_during_handshake(self) -> None:
+        """A server that hangs up during the handshake is a failed attempt: ready() fails, a retry follows."""
+        self.client.start()
+        ready = self.client.ready()
+        protocol, _ = self.accept()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("connection to Redis lost",
+                      str(self.failureResultOf(ready, RedisUnavailable).value))
+        self.assertFalse(self.client.connected)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.connect()
+        self.assertTrue(self.client.connected)
+
+    def test_stop_during_handshake(self) -> None:
+        """stop() during the handshake closes that connection and fails ready(); nothing reconnects."""
+        self.client.start()
+        ready = self.client.ready()
+        protocol, transport = self.accept()
+        stopped = self.client.stop()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(str(self.failureResultOf(ready, RedisUnavailable).value),
+                         "Redis client stopped")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.failureResultOf(self.client.execute("GET", "k"), RedisUnavailable)
+
+    def test_stop_fires_when_closed(self) -> None:
+        """stop() of a connected client fires once its connection is closed."""
+        self.client.start()
+        protocol, _ = self.connect()
+        stopped = self.client.stop()
+        self.assertNoResult(stopped)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+
+    def test_outage_logged_once(self) -> None:
+        """Failed attempts: one warning, the retries at debug; the connection ends it with one info line."""
+        self.client.start()
+        for _ in range(3):
+            self.refuse()
+            self.reactor.advance(30)
+        self.connect()
+        [warning] = self.lines(LogLevel.warn)
+        self.assertTrue(warning.startswith("Cannot connect to Redis at tcp:127.0.0.1:6390 (Connection "
+                                           "was refused by other side"), warning)
+        self.assertTrue(warning.endswith("; retrying in 1 s"), warning)
+        debug = self.lines(LogLevel.debug)
+        self.assertEqual([line.rsplit(";", 1)[1] for line in debug],
+                         [" retrying in 2 s", " retrying in 4 s"])
+        self.assertEqual(self.lines(LogLevel.info), ["Reconnected to Redis at tcp:127.0.0.1:6390 after 90 s"])
+
+    def test_lost_connection_logged(self) -> None:
+        """A lost connection is a warning saying when the client reconnects, and the reconnection is info."""
+        self.client.start()
+        protocol, _ = self.connect()
+        self.assertEqual(self.lines(LogLevel.info), ["Connected to Redis at tcp:127.0.0.1:6390"])
+        self.reactor.advance(100)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.lines(LogLevel.warn), [
+            "Lost the connection to Redis at tcp:127.0.0.1:6390 (Connection was closed cleanly.); "
+            "reconnecting in 1 s"])
+        self.reactor.advance(1.0)
+        self.connect()
+        self.assertEqual(self.lines(LogLevel.info)[1:],
+                         ["Reconnected to Redis at tcp:127.0.0.1:6390 after 1 s"])
+        self.assertEqual(len(self.connects), 2)
+
+    def test_handshake_deadline(self) -> None:
+        """A handshake that trickles along without finishing is given up after the timeout."""
+        self.client.start()
+        protocol, transport = self.accept()
+        self.reactor.advance(1.5)
+        protocol.dataReceived(b"+PO")
+        self.reactor.advance(0.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(self.client.connected)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        [warning] = self.lines(LogLevel.warn)
+        self.assertIn("no answer to AUTH/SELECT/PING within 2 s", warning)
 
     def test_unix_endpoint(self) -> None:
         """A unix: endpoint string connects to the socket path."""

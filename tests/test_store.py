@@ -1,4 +1,4 @@
-"""Tests for L{mxpolicyd.store.base}: write-behind SQLite, corruption, write failures."""
+"""Tests for L{mxpolicyd.store.sqlite}: write-behind SQLite, corruption, write failures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,9 +52,9 @@ class SQLiteStoreTests(SynchronousTestCase):
         """put() writes nothing until a flush."""
         self.store.put("example.test", STATE)
         self.assertEqual(list(self.open().load()), [])
-        self.assertEqual(self.store.pending, 1)
+        self.assertEqual(self.store.unwritten, 1)
         self.successResultOf(self.store.flush())
-        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(self.store.unwritten, 0)
         self.assertEqual(len(list(self.open().load())), 1)
 
     def test_delete(self) -> None:
@@ -73,7 +73,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(dict(self.open().load())["example.test"], STATE)
 
     def test_one_flush_at_a_time(self) -> None:
-        """A flush while one is running shares it; what came after waits for the next."""
+        """A flush while one is running waits for it; what came after waits for the next."""
         runs: list[Deferred[Any]] = []
 
         def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -86,13 +86,18 @@ class SQLiteStoreTests(SynchronousTestCase):
         store.put("a.test", STATE)
         first = store.flush()
         store.put("b.test", STATE)
-        self.assertIs(store.flush(), first)
+        second = store.flush()
         self.assertEqual(len(runs), 1)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
         runs[0].callback(None)
-        self.assertEqual(store.pending, 1)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(store.unwritten, 1)
+        self.assertEqual(set(dict(self.open().load())), {"a.test"})
 
     def test_write_failure_keeps_batch(self) -> None:
-        """A failed write (disk full) keeps the states pending and logs an error."""
+        """A failed write (disk full) keeps the states unwritten."""
 
         def broken(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
             return fail(sqlite3.OperationalError("database or disk is full"))
@@ -100,11 +105,19 @@ class SQLiteStoreTests(SynchronousTestCase):
         store = self.open(broken)
         store.put("a.test", STATE)
         self.successResultOf(store.flush())
-        self.assertEqual(store.pending, 1)
+        self.assertEqual(store.unwritten, 1)
 
     def logged(self, store: SQLiteStore) -> list[dict[str, Any]]:
+        """What C{store} logs from now on."""
         events: list[dict[str, Any]] = []
-        store._log = Logger(observer=cast(ILogObserver, events.append))  # type: ignore[misc,unused-ignore]
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_source") is store:
+                events.append(event)
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         return events
 
     def test_write_failure_logged_once(self) -> None:
@@ -127,7 +140,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         outcome[0] = None
         self.successResultOf(store.flush())
         self.successResultOf(store.flush())
-        self.assertEqual(store.pending, 0)
+        self.assertEqual(store.unwritten, 0)
         infos = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
         self.assertEqual(len(infos), 1)
         self.assertIn("again, after 5 failed attempts", infos[0])
@@ -147,7 +160,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         for i in range(50):
             self.store.put("big%d.test" % i, STATE)
         self.successResultOf(self.store.flush())
-        self.assertEqual(self.store.pending, 50)
+        self.assertEqual(self.store.unwritten, 50)
         self.assertIn("database or disk is full", formatEvent(events[0]))
         self.assertFalse(db.in_transaction)
         db.execute("PRAGMA max_page_count = 1000000")
@@ -262,7 +275,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(rows[7], ("d07.test", STATE, 7.0))
 
     def test_get(self) -> None:
-        """get() reads one domain: flushed, still pending, deleted or unknown."""
+        """get() reads one domain: flushed, still unwritten, deleted or unknown."""
         self.store.put("a.test", STATE, used_at=5.0)
         self.assertEqual(self.successResultOf(self.store.get("a.test")), ("a.test", STATE, 5.0))
         self.successResultOf(self.store.flush())
@@ -301,7 +314,7 @@ class StoreServiceTests(SynchronousTestCase):
         service.startService()
         store.put("a.test", STATE)
         clock.advance(1.0)
-        self.assertEqual(store.pending, 0)
+        self.assertEqual(store.unwritten, 0)
         store.put("b.test", STATE)
         self.successResultOf(service.stopService())
         self.assertEqual(stopped, [True])

@@ -17,7 +17,7 @@ import dns.rcode
 import dns.rdatatype
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from mxpolicyd.evidence.dane import (
     DaneState,
@@ -27,7 +27,7 @@ from mxpolicyd.evidence.dane import (
     Tlsa,
     classify,
 )
-from mxpolicyd.evidence.outage import ResolverOutage, resolver_kind
+from mxpolicyd.evidence.outage import ResolverOutage
 from mxpolicyd.net.dns import Answer, DNSError, clamp
 from mxpolicyd.ops.times import utc
 
@@ -92,11 +92,9 @@ class DaneEvaluator:
             result = new
             action = "answering TEMP"
             consequence = "answer TEMP"
-        kind = resolver_kind(errors)
-        level, outage = (self._outage.failed(kind, consequence) if kind is not None
-                         else (LogLevel.warn, ""))
-        self._log.emit(level, "DANE evaluation of {domain} failed: {reason}; {action}{outage}",
-                       domain=domain, reason=new.reason, action=action, outage=outage)
+        self._outage.failed(errors, consequence,
+                            "DANE evaluation of {domain} failed: {reason}; {action}",
+                            domain=domain, reason=new.reason, action=action)
         return result
 
     async def _evaluate(self, domain: str, errors: list[BaseException]) -> DaneState:

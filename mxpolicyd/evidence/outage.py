@@ -7,53 +7,20 @@ again.  The DANE and MTA-STS evaluators each keep one L{ResolverOutage}.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
-from mxpolicyd.net.dns import DNSError
-from mxpolicyd.ops.times import utc
-
-# DNSError kinds that say the resolver cannot answer (it is gone, refuses,
-# or cannot reach the authorities), not that the domain's data is broken.
-# SERVFAIL is both: a validating resolver also reports bogus signatures with
-# it.  It counts as the resolver's so that an upstream outage does not flood
-# the log; a bogus domain among answering ones still gets its own warning,
-# since every answered lookup in between ends the "outage".
-RESOLVER_KINDS = frozenset(
-    ("timeout", "network", "refused", "servfail", "formerr", "notimp", "rcode")
-)
-
-_KIND_TEXT = {
-    "timeout": "timeout",
-    "network": "network error",
-    "refused": "REFUSED",
-    "servfail": "SERVFAIL",
-    "formerr": "FORMERR",
-    "notimp": "NOTIMP",
-    "rcode": "unexpected rcode",
-}
-
-
-def resolver_kind(errors: Sequence[BaseException]) -> str | None:
-    """
-    The kind of a failed check's DNS errors when they are all the
-    resolver's, None when any says something about the domain itself.
-    """
-    if not errors:
-        return None
-    kinds = [e.kind if isinstance(e, DNSError) else None for e in errors]
-    if any(kind not in RESOLVER_KINDS for kind in kinds):
-        return None
-    return kinds[0]
+from mxpolicyd.net.dns import kind_text, resolver_kind
+from mxpolicyd.ops.outage import Outage
 
 
 class ResolverOutage:
     """
-    The failures one evaluator saw while the resolver did not answer, so
-    that a dead resolver costs one warning per outage instead of one per
-    cached domain re-checked (a 100k-domain cache would flood the journal).
+    How one evaluator logs its failed checks: a check that failed because
+    the resolver did not answer (L{resolver_kind}) is part of an outage,
+    one that failed because of the domain is a warning every time.
 
     Within an outage the first failure of each kind and consequence (a kept
     cached result, or not) is a warning naming the domain; the rest are the
@@ -66,48 +33,48 @@ class ResolverOutage:
         @param checks: what failed, plural, for the recovery line
             (C{"DANE evaluations"}).
         """
-        self._clock = clock
         self._log = log
+        self._outage = Outage(log, clock.seconds)
         self._checks = checks
-        self._warned: set[tuple[str, str]] = set()
+        # The kinds seen in this outage, in order, for the recovery line.
         self._kinds: dict[str, None] = {}
-        self._failed = 0
-        self._since = 0.0
 
-    def failed(self, kind: str, consequence: str) -> tuple[LogLevel, str]:
+    def failed(
+        self,
+        errors: Sequence[BaseException],
+        consequence: str,
+        format: str,
+        **fields: Any,
+    ) -> None:
         """
-        The level of this failure's log line and what to append to it.
+        Log a failed check of a domain.
 
+        @param errors: the DNS errors that made it fail.
         @param consequence: what the daemon does about it, as a verb phrase
             (C{"answer TEMP"}): answering TEMP for a new domain is news even
             when cached results have been kept for a while.
         """
-        if not self._failed:
-            self._since = self._clock.seconds()
-        self._failed += 1
+        kind = resolver_kind(errors)
+        if kind is None:
+            self._log.warn(format, **fields)
+            return
         self._kinds[kind] = None
-        if (kind, consequence) in self._warned:
-            return LogLevel.debug, ""
-        self._warned.add((kind, consequence))
-        return LogLevel.warn, (
-            "; further DNS %s failures that %s are logged at debug until DNS answers again"
-            % (_KIND_TEXT.get(kind, kind), consequence)
+        self._outage.failed(
+            format,
+            aspect=(kind, consequence),
+            note="; further DNS %s failures that %s are logged at debug until DNS "
+            "answers again" % (kind_text(kind), consequence),
+            **fields,
         )
 
     def answered(self, domain: str) -> None:
         """A check of C{domain} got all its DNS answers: any outage is over."""
-        if not self._failed:
-            return
-        if self._failed > 1:
-            self._log.info(
-                "DNS answers again ({domain} resolved) after {count} failed {checks} "
-                "since {since} (DNS {kinds}); failures are logged at warning again",
-                domain=domain,
-                count=self._failed,
-                checks=self._checks,
-                since=utc(self._since),
-                kinds=", ".join(_KIND_TEXT.get(k, k) for k in self._kinds),
-            )
-        self._warned.clear()
+        self._outage.ended(
+            "DNS answers again ({domain} resolved) after {failures} failed {checks} "
+            "since {since} (DNS {kinds}); failures are logged at warning again",
+            minimum=2,
+            domain=domain,
+            checks=self._checks,
+            kinds=", ".join(kind_text(k) for k in self._kinds),
+        )
         self._kinds.clear()
-        self._failed = 0

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import dns.rdatatype
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
-from mxpolicyd.evidence.outage import ResolverOutage, resolver_kind
+from mxpolicyd.evidence.outage import ResolverOutage
 from mxpolicyd.evidence.state import StsState
 from mxpolicyd.evidence.sts import StsError, parse_policy, parse_txt
 from mxpolicyd.net.dns import DNSError, clamp
@@ -91,20 +91,14 @@ class StsEvaluator:
             note({"step": "txt", "name": name, "error": str(e)})
             # A resolver that cannot answer logs once per outage; a failure
             # that is about this domain (a CNAME loop) once per discovery.
-            kind = resolver_kind([e])
             kept = prior.active_policy(now) is not None
-            level, outage = (
-                self._outage.failed(kind, "keep a cached policy" if kept else "find no policy")
-                if kind is not None
-                else (LogLevel.warn, "")
-            )
-            self._log.emit(
-                level,
-                "MTA-STS discovery for {domain} failed ({error}); {action}{outage}",
+            self._outage.failed(
+                [e],
+                "keep a cached policy" if kept else "find no policy",
+                "MTA-STS discovery for {domain} failed ({error}); {action}",
                 domain=domain,
                 error=str(e),
                 action=self._keeping(prior, now),
-                outage=outage,
             )
             return replace(
                 prior,

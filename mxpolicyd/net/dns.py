@@ -40,7 +40,14 @@ from twisted.internet.protocol import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Answer", "DNSError", "Resolver", "system_nameservers"]
+__all__ = [
+    "Answer",
+    "DNSError",
+    "Resolver",
+    "kind_text",
+    "resolver_kind",
+    "system_nameservers",
+]
 
 _EDNS_PAYLOAD = 1232
 _HEADER = struct.Struct("!HH")
@@ -96,6 +103,35 @@ class DNSError(Exception):
             f"DNS {_KIND_TEXT.get(self.kind, self.kind)} for {self.name} {_type_text(self.rdtype)}"
         )
         return _UNPRINTABLE.sub("?", text)
+
+
+# Kinds that say the resolver cannot answer (it is gone, refuses, or cannot
+# reach the authorities), not that the name's data is broken.  SERVFAIL is
+# both: a validating resolver also reports bogus signatures with it.  It
+# counts as the resolver's so that an upstream outage is one outage; a bogus
+# domain among answering ones is still told apart, since every answered
+# lookup in between ends the outage.
+RESOLVER_KINDS = frozenset(
+    ("timeout", "network", "refused", "servfail", "formerr", "notimp", "rcode")
+)
+
+
+def resolver_kind(errors: Sequence[BaseException]) -> str | None:
+    """
+    The kind of a failed check's DNS errors when they are all the
+    resolver's, None when any says something about the name itself.
+    """
+    if not errors:
+        return None
+    kinds = [e.kind if isinstance(e, DNSError) else None for e in errors]
+    if any(kind not in RESOLVER_KINDS for kind in kinds):
+        return None
+    return kinds[0]
+
+
+def kind_text(kind: str) -> str:
+    """A L{DNSError} kind as log lines write it (C{"SERVFAIL"})."""
+    return _KIND_TEXT.get(kind, kind)
 
 
 @dataclass(frozen=True)

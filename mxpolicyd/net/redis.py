@@ -6,24 +6,40 @@ Debian bookworm packages no Twisted Redis client, and python3-redis blocks
 or needs asyncio; the store needs five commands, so this is a small client
 of its own.  L{ReplyParser} is the codec, L{RedisProtocol} pipelines
 commands over one connection and matches replies to them in order, and
-L{RedisClient} keeps one connection up (reconnecting with capped exponential
-back-off) and fails commands at once while there is none, so that a dead
-Redis costs the daemon nothing but log lines.
+L{RedisClient} keeps one connection up with Twisted's L{ClientService}
+(capped exponential back-off, AUTH/SELECT/PING before a connection is used)
+and fails commands at once while there is none, so that a dead Redis costs
+the daemon nothing but a log line when it goes and one when it is back.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Sequence
+from enum import Enum
+from typing import Any, Callable, NoReturn, Sequence, TypeVar, cast
 
-from twisted.internet.defer import Deferred, fail, succeed
+from automat import NoTransition
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mxpolicyd.ops.outage import Outage
 
 Argument = bytes | str | int | float
+
+T = TypeVar("T")
 
 # Longest line (simple string, error, length) accepted without its CRLF.
 _MAX_LINE = 64 * 1024
@@ -197,6 +213,38 @@ class RedisProtocol(Protocol):
         self._arm()
         return d
 
+    def handshake(self, password: str | None, db: int) -> Deferred[RedisProtocol]:
+        """
+        Make a new connection usable: AUTH, SELECT, then a PING.  Fires with
+        the protocol itself (L{ClientService} prepares a connection through
+        a proxy of it), or fails with L{RedisUnavailable}, the connection
+        closed.
+        """
+        return Deferred.fromCoroutine(self._handshake(password, db))
+
+    async def _handshake(self, password: str | None, db: int) -> RedisProtocol:
+        step = "PING"
+        try:
+            if password is not None:
+                step = "AUTH"
+                await self.execute("AUTH", password)
+            if db:
+                step = "SELECT %d" % (db,)
+                await self.execute("SELECT", db)
+            step = "PING"
+            await self.execute("PING")
+        except BaseException as e:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            if isinstance(e, RedisError):
+                hint = {
+                    "AUTH": " (check store.redis_password)",
+                    "PING": " (does it need a password? store.redis_password)",
+                }.get(step, " (check store.redis_db)")
+                raise RedisUnavailable("Redis refused %s: %s%s" % (step, e, hint)) from None
+            raise
+        return self
+
     def dataReceived(self, data: bytes) -> None:
         self._progress = self._clock.seconds()
         try:
@@ -278,16 +326,129 @@ class RedisProtocol(Protocol):
                 d.errback(Failure(reason))
 
 
-class _OneConnection(Factory):
-    """Hands the endpoint the protocol of one connection attempt, quietly."""
+def _deadline(d: Deferred[T], seconds: float, clock: IReactorTime, what: str) -> Deferred[T]:
+    """C{d}, cancelled after C{seconds} with L{RedisUnavailable} saying C{what} did not happen."""
+
+    def timed_out(result: object, timeout: float) -> NoReturn:
+        raise RedisUnavailable("%s within %g s" % (what, timeout))
+
+    return d.addTimeout(seconds, clock, onTimeoutCancel=timed_out)
+
+
+class _Connections(Factory):
+    """A L{RedisProtocol} per connection, quietly."""
 
     noisy = False
 
-    def __init__(self, protocol: RedisProtocol) -> None:
-        self._protocol = protocol
+    def __init__(self, clock: IReactorTime, timeout: float, address: str) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._address = address
 
     def buildProtocol(self, addr: Any) -> RedisProtocol:
-        return self._protocol
+        return RedisProtocol(self._clock, self._timeout, self._address)
+
+
+class _Guard(Protocol):
+    """
+    Stands between a transport and L{ClientService}'s proxy of the protocol,
+    to absorb the service's L{NoTransition} when the connection ends.
+
+    The service (Twisted 22.4 to 26 at least) has no transition for the
+    loss of a connection it never took: one that C{prepareConnection}
+    rejected, or that was being prepared when the service stopped.  By then
+    it has counted the failed attempt and scheduled the retry (or stopped),
+    so the loss is news to nobody; unabsorbed, the exception would escape
+    C{connectionLost} into the reactor as an unhandled error.
+    """
+
+    def __init__(self, wrapped: IProtocol) -> None:
+        self.wrapped = wrapped
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.wrapped.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            self.wrapped.connectionLost(reason)
+        except NoTransition:
+            pass
+
+
+class _Guarded(Factory):
+    """Puts a L{_Guard} in front of each of ClientService's protocols."""
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: Any) -> _Guard | None:
+        wrapped = self._factory.buildProtocol(addr)
+        return None if wrapped is None else _Guard(wrapped)
+
+
+@implementer(IStreamClientEndpoint)
+class _Attempts:
+    """
+    The endpoint as L{ClientService} sees it: each connect is one attempt,
+    given C{timeout} seconds, that the client hears of when it starts and
+    when it fails.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        timeout: float,
+        address: str,
+        started: Callable[[], None],
+        failed: Callable[[Failure], Failure],
+    ) -> None:
+        self._endpoint = endpoint
+        self._clock = clock
+        self._timeout = timeout
+        self._address = address
+        self._started = started
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        self._started()
+        d = _deadline(
+            self._endpoint.connect(_Guarded(protocolFactory)),
+            self._timeout,
+            self._clock,
+            "no connection",
+        )
+        # ClientService expects the protocol its factory built, not the guard.
+        return d.addCallbacks(lambda guard: cast(_Guard, guard).wrapped, self._failed)
+
+    def __repr__(self) -> str:
+        # ClientService names the endpoint in its own log lines.
+        return self._address
+
+
+class _Link(Enum):
+    """
+    Where L{RedisClient}'s connection is.  L{ClientService} runs the
+    connection's life; the client needs to know whether commands can go
+    out and, when not, whether an attempt is under way: L{RedisClient.ready}
+    waits for one, but not for a retry that may be 30 s away.
+    """
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    WAITING = "waiting to retry"
+
+
+# What ended the last attempt or connection, to be said with the delay
+# before the next one.
+_CANNOT_CONNECT = "Cannot connect to {address} ({error}); retrying in {delay:g} s"
+_LOST = "Lost the connection to {address} ({error}); reconnecting in {delay:g} s"
 
 
 class RedisClient:
@@ -298,7 +459,8 @@ class RedisClient:
     SELECT and a PING have succeeded); otherwise they fail at once with
     L{RedisUnavailable}, so nothing queues while Redis is away.  A dropped
     connection or a failed attempt is retried after 1, 2, 4, ... seconds,
-    at most C{max_delay}.
+    at most C{max_delay}; an outage is logged when it starts and when it
+    ends.
     """
 
     _log = Logger()
@@ -316,31 +478,44 @@ class RedisClient:
         """
         @param endpoint: a Twisted client endpoint string
             (C{tcp:HOST:PORT}, C{unix:/path/to/redis.sock}).
-        @param timeout: seconds allowed for a connection attempt, and for
-            Redis to make progress while commands wait.
+        @param timeout: seconds allowed for connecting, for the handshake,
+            and for Redis to make progress while commands wait.
         """
         self.address = "Redis at " + endpoint
         self._clock: IReactorTime = reactor
-        self._endpoint = clientFromString(reactor, endpoint)
         self._password = password
         self._db = db
         self._timeout = timeout
-        self._min_delay = min_delay
-        self._max_delay = max_delay
+        # ClientService counts failed attempts from 1, and delays the first
+        # retry by initialDelay * factor.
+        self._backoff = backoffPolicy(
+            initialDelay=min_delay / 2, maxDelay=max_delay, factor=2.0, jitter=lambda: 0.0
+        )
+        attempts = _Attempts(
+            clientFromString(reactor, endpoint),
+            reactor,
+            timeout,
+            self.address,
+            started=self._attempting,
+            failed=self._rejected,
+        )
+        self._service = ClientService(
+            attempts,
+            _Connections(reactor, timeout, self.address),
+            retryPolicy=self._retry,
+            clock=reactor,
+            prepareConnection=self._prepare,
+        )
+        self._link = _Link.STOPPED
+        # The connection, while CONNECTED.
         self._protocol: RedisProtocol | None = None
-        self._attempt: Deferred[RedisProtocol] | None = None
-        self._retry: IDelayedCall | None = None
-        self._failures = 0
-        # When the connection was last lost (None while connected): the
-        # first failure of an outage is a warning, the retries are debug.
-        self._down_since: float | None = None
-        self._running = False
-        self._ready: list[Deferred[None]] = []
+        self._why = (_CANNOT_CONNECT, "")
+        self._outage = Outage(self._log, reactor.seconds)
         self._listeners: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
-        return self._protocol is not None
+        return self._link is _Link.CONNECTED
 
     def on_connect(self, listener: Callable[[], None]) -> None:
         """Call C{listener()} after every (re)connection, once it is usable."""
@@ -348,24 +523,16 @@ class RedisClient:
 
     def start(self) -> None:
         """Connect in the background; lookups never wait for this."""
-        if not self._running:
-            self._running = True
-            self._connect()
+        if not self._service.running:
+            self._service.startService()
 
-    def stop(self) -> None:
-        """Close the connection and stop reconnecting."""
-        self._running = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None:
-            self._attempt.cancel()
-        if self._protocol is not None:
-            protocol, self._protocol = self._protocol, None
-            protocol.on_lost = None
-            assert protocol.transport is not None
-            protocol.transport.loseConnection()
-        self._release(RedisUnavailable("Redis client stopped"))
+    def stop(self) -> Deferred[None]:
+        """Close the connection and stop reconnecting; fires once closed."""
+        self._link = _Link.STOPPED
+        self._protocol = None
+        if not self._service.running:
+            return succeed(None)
+        return self._service.stopService()
 
     def ready(self) -> Deferred[None]:
         """
@@ -373,13 +540,12 @@ class RedisClient:
         succeeds.  Fails with L{RedisUnavailable} when that attempt fails or
         none is under way (the client is waiting to retry).
         """
-        if self._protocol is not None:
+        if self._link is _Link.CONNECTED:
             return succeed(None)
-        if self._attempt is None:
+        if self._link is not _Link.CONNECTING:
             return fail(RedisUnavailable("not connected to Redis"))
-        d: Deferred[None] = Deferred()
-        self._ready.append(d)
-        return d
+        d = self._service.whenConnected(failAfterFailures=1)
+        return d.addCallbacks(lambda _: None, self._unavailable)
 
     def execute(self, *args: Argument) -> Deferred[Any]:
         """
@@ -390,108 +556,52 @@ class RedisClient:
             return fail(RedisUnavailable("not connected to Redis"))
         return self._protocol.execute(*args)
 
-    def _connect(self) -> None:
-        self._retry = None
-        protocol = RedisProtocol(self._clock, self._timeout, self.address)
-        connecting: Deferred[Any] = self._endpoint.connect(_OneConnection(protocol))
-        connecting.addTimeout(self._timeout, self._clock)
-        connecting.addCallback(lambda _: Deferred.fromCoroutine(self._handshake(protocol)))
-        self._attempt = connecting
-        connecting.addCallbacks(self._connected, self._failed)
+    # -- what ClientService tells us, in the order it happens --------------
 
-    async def _handshake(self, protocol: RedisProtocol) -> RedisProtocol:
-        step = "PING"
-        try:
-            if self._password is not None:
-                step = "AUTH"
-                await protocol.execute("AUTH", self._password)
-            if self._db:
-                step = "SELECT %d" % (self._db,)
-                await protocol.execute("SELECT", self._db)
-            step = "PING"
-            await protocol.execute("PING")
-        except BaseException as e:
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
-            if isinstance(e, RedisError):
-                hint = {
-                    "AUTH": " (check store.redis_password)",
-                    "PING": " (does it need a password? store.redis_password)",
-                }.get(step, " (check store.redis_db)")
-                raise RedisUnavailable("Redis refused %s: %s%s" % (step, e, hint)) from None
-            raise
-        return protocol
+    def _attempting(self) -> None:
+        self._link = _Link.CONNECTING
+
+    def _prepare(self, protocol: IProtocol) -> Deferred[None]:
+        """A new connection: usable once the handshake is done in time."""
+        handshake = cast(RedisProtocol, protocol).handshake(self._password, self._db)
+        d = _deadline(handshake, self._timeout, self._clock, "no answer to AUTH/SELECT/PING")
+        return d.addCallbacks(self._connected, self._rejected)
 
     def _connected(self, protocol: RedisProtocol) -> None:
-        self._attempt = None
-        if not self._running:
-            assert protocol.transport is not None
-            protocol.transport.loseConnection()
-            return
+        self._link = _Link.CONNECTED
         self._protocol = protocol
         protocol.on_lost = lambda reason: self._lost(protocol, reason)
-        if self._down_since is not None:
-            self._log.info(
-                "Reconnected to {address} after {seconds:.0f} s",
-                address=self.address,
-                seconds=self._clock.seconds() - self._down_since,
-            )
-        else:
+        if not self._outage.ended("Reconnected to {address} after {seconds:.0f} s",
+                                  address=self.address):
             self._log.info("Connected to {address}", address=self.address)
-        self._down_since = None
-        self._failures = 0
-        self._release(None)
         for listener in list(self._listeners):
             listener()
 
-    def _failed(self, failure: Failure) -> None:
-        self._attempt = None
-        self._release(
-            RedisUnavailable("cannot connect to Redis (%s)" % (failure.getErrorMessage(),))
-        )
-        if not self._running:
-            return
-        self._failures += 1
-        delay = self._delay()
-        log = self._log.debug if self._down_since is not None else self._log.warn
-        log(
-            "Cannot connect to {address} ({error}); retrying in {delay:g} s",
-            address=self.address,
-            error=failure.getErrorMessage(),
-            delay=delay,
-        )
-        if self._down_since is None:
-            self._down_since = self._clock.seconds()
-        self._retry = self._clock.callLater(delay, self._connect)
+    def _rejected(self, failure: Failure) -> Failure:
+        """An attempt failed: connecting, or its handshake.  ClientService retries it."""
+        if self._link is _Link.CONNECTING:
+            self._link = _Link.WAITING
+            self._why = (_CANNOT_CONNECT, failure.getErrorMessage())
+        return failure
 
     def _lost(self, protocol: RedisProtocol, reason: Failure) -> None:
         if self._protocol is not protocol:
             return
+        self._link = _Link.WAITING
         self._protocol = None
-        if not self._running:
-            return
-        self._failures = 1
-        delay = self._delay()
-        self._log.warn(
-            "Lost the connection to {address} ({error}); reconnecting in {delay:g} s",
-            address=self.address,
-            error=reason.getErrorMessage(),
-            delay=delay,
-        )
-        self._down_since = self._clock.seconds()
-        self._retry = self._clock.callLater(delay, self._connect)
+        self._why = (_LOST, reason.getErrorMessage())
 
-    def _delay(self) -> float:
-        """Seconds before the next attempt, after C{_failures} failures."""
-        exponent = min(self._failures - 1, 30)
-        return float(min(self._max_delay, self._min_delay * 2**exponent))
+    def _retry(self, attempt: int) -> float:
+        """
+        The delay before the next attempt.  ClientService asks for it when
+        it schedules that attempt: the moment to say why, and when.
+        """
+        delay: float = self._backoff(attempt)
+        line, error = self._why
+        self._outage.failed(line, address=self.address, error=error, delay=delay)
+        return delay
 
-    def _release(self, error: Exception | None) -> None:
-        waiting, self._ready = self._ready, []
-        for d in waiting:
-            if d.called:
-                continue
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(Failure(error))
+    def _unavailable(self, failure: Failure) -> NoReturn:
+        if failure.check(CancelledError):
+            raise RedisUnavailable("Redis client stopped")
+        raise RedisUnavailable("cannot connect to Redis (%s)" % (failure.getErrorMessage(),))

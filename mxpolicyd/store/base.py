@@ -46,11 +46,11 @@ class DurableStore(Store, Protocol):
     path: str
 
     @property
-    def pending(self) -> int:
+    def unwritten(self) -> int:
         """States recorded and not yet written."""
 
     def flush(self) -> Deferred[None]:
-        """Write what is pending; failures are logged and retried later."""
+        """Write the unwritten states; failures are logged and retried later."""
 
     def close(self) -> None:
         """Release the file or connection."""

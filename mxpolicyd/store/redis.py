@@ -8,9 +8,10 @@ window and for any cached MTA-STS policy (RFC 8461: a policy is kept until
 its max_age runs out), so Redis forgets long-unused domains by itself.  A
 short lease key, C{<prefix>l:<domain>}, makes one daemon refresh a domain
 for the fleet while the others adopt its result.  Redis is never on the hot
-path: puts are batched and flushed by a timer; when Redis is away the batch
-stays in memory, the daemon keeps answering from its cache and refreshing
-on its own, and the batch is written as soon as the connection is back.
+path: puts are batched and flushed by a timer (L{WriteBehind}); when Redis
+is away the batch stays in memory, the daemon keeps answering from its cache
+and refreshing on its own, and the batch is written as soon as the
+connection is back.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from typing import Any, Iterator
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable
+from mxpolicyd.ops.outage import Outage
 from mxpolicyd.store.base import Stored
+from mxpolicyd.store.writebehind import Batch, WriteBehind
 
-# A pending write: the state and when it was last used, or None to delete.
-_Write = tuple[DomainState, float] | None
+# What is written of a domain: its state and when it was last used.
+_Write = tuple[DomainState, float]
 
 
 def daemon_id() -> str:
@@ -98,11 +101,12 @@ class RedisStore:
         self._owner = owner if owner is not None else daemon_id()
         self._chunk = chunk
         self.path = client.address
-        self._pending: dict[str, _Write] = {}
-        self._flushing: Deferred[Any] | None = None
-        # Whether the last flush failed: the "unreachable" and "back" log
-        # lines come once per outage.
-        self._outage = False
+        self._writes: WriteBehind[_Write] = WriteBehind(
+            self._write, self._written, self._not_written
+        )
+        # Redis away, or refusing writes, is logged when it starts and when
+        # it ends, not at every flush.
+        self._outage = Outage(self._log, clock.seconds)
         client.on_connect(self._reconnected)
 
     def _key(self, domain: str) -> str:
@@ -116,11 +120,11 @@ class RedisStore:
         self._client.start()
 
     def close(self) -> None:
-        if self._pending:
+        if self._writes:
             self._log.warn(
                 "Stopping with {count} domain states not written to {address}; "
                 "the fleet re-evaluates them",
-                count=len(self._pending),
+                count=len(self._writes),
                 address=self.path,
             )
         self._client.stop()
@@ -129,10 +133,10 @@ class RedisStore:
 
     def get(self, domain: str) -> Deferred[Stored | None]:
         """One domain; fails with L{RedisUnavailable} when Redis is away."""
-        if domain in self._pending:
-            # Not yet flushed: the newest state is in memory.
-            write = self._pending[domain]
-            return succeed(None if write is None else (domain, write[0], write[1]))
+        if domain in self._writes:
+            # Not yet written: the newest state is in memory.
+            change = self._writes[domain]
+            return succeed(None if change is None else (domain, change[0], change[1]))
         d: Deferred[Any] = self._client.ready()
         d.addCallback(lambda _: self._client.execute("GET", self._key(domain)))
         d.addCallback(lambda raw: None if raw is None else self._decode(domain, raw, True))
@@ -272,56 +276,49 @@ class RedisStore:
     # -- writing -----------------------------------------------------------
 
     def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
-        self._pending[domain] = (state, used_at)
+        self._writes.put(domain, (state, used_at))
 
     def delete(self, domain: str) -> None:
-        self._pending[domain] = None
+        self._writes.delete(domain)
 
     @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def unwritten(self) -> int:
+        return len(self._writes)
 
     def flush(self) -> Deferred[None]:
         """
-        Write what is pending, pipelined; one flush at a time.  What cannot
-        be written stays pending (newer puts win) for the next flush.
+        Write the unwritten states, pipelined; one flush at a time.  What
+        cannot be written stays in memory (newer puts win) for the next
+        flush.
         """
-        if self._flushing is not None:
-            return self._flushing
-        if not self._pending:
-            return succeed(None)
-        if not self._client.connected:
-            self._failed(RedisUnavailable("not connected"), len(self._pending))
-            return succeed(None)
-        batch, self._pending = self._pending, {}
-        flushing: Deferred[Any] = Deferred.fromCoroutine(self._write(batch))
-        self._flushing = flushing
-        flushing.addCallbacks(self._written, self._not_written, errbackArgs=(len(batch),))
-        return flushing
+        return self._writes.flush()
 
-    async def _write(self, batch: dict[str, _Write]) -> int:
+    def _write(self, batch: Batch[_Write]) -> Deferred[object]:
+        if not self._client.connected:
+            # The batch waits, rather than fail a command per state.
+            return fail(RedisUnavailable("not connected to Redis"))
+        return Deferred.fromCoroutine(self._pipeline(batch))
+
+    async def _pipeline(self, batch: Batch[_Write]) -> None:
+        """
+        Send the batch a chunk per round trip; each chunk confirmed leaves
+        the batch, so that a failure keeps only what was not written.
+        """
         items = list(batch.items())
         now = self._clock.seconds()
-        done = 0
-        try:
-            while done < len(items):
-                part = items[done : done + self._chunk]
-                results = await DeferredList(
-                    [self._command(domain, write, now) for domain, write in part],
-                    consumeErrors=True,
-                )
-                for ok, result in results:
-                    if not ok:
-                        result.raiseException()
-                done += len(part)
-        except BaseException:
-            # Keep what was not confirmed, unless a newer put replaced it.
-            for domain, write in items[done:]:
-                self._pending.setdefault(domain, write)
-            raise
-        return done
+        for start in range(0, len(items), self._chunk):
+            part = items[start : start + self._chunk]
+            results = await DeferredList(
+                [self._command(domain, write, now) for domain, write in part],
+                consumeErrors=True,
+            )
+            for ok, result in results:
+                if not ok:
+                    result.raiseException()
+            for domain, _ in part:
+                del batch[domain]
 
-    def _command(self, domain: str, write: _Write, now: float) -> Deferred[Any]:
+    def _command(self, domain: str, write: _Write | None, now: float) -> Deferred[Any]:
         if write is None:
             return self._client.execute("DEL", self._key(domain))
         state, used = write
@@ -335,17 +332,13 @@ class RedisStore:
         return self._client.execute("SET", self._key(domain), text, "PX", keep)
 
     def _written(self, count: int) -> None:
-        self._flushing = None
-        if self._outage:
-            self._outage = False
-            self._log.info(
-                "{address} is back; wrote {count} pending states",
-                address=self.path,
-                count=count,
-            )
+        self._outage.ended(
+            "{address} is back; wrote {count} domain states kept in memory since {since}",
+            address=self.path,
+            count=count,
+        )
 
     def _not_written(self, failure: Failure, count: int) -> None:
-        self._flushing = None
         if failure.check(RedisUnavailable, RedisError) is None:
             self._log.failure(
                 "Writing {count} domain states to {address} failed; keeping them "
@@ -354,32 +347,25 @@ class RedisStore:
                 count=count,
                 address=self.path,
             )
-            return
-        assert failure.value is not None
-        self._failed(failure.value, len(self._pending))
-
-    def _failed(self, error: BaseException, count: int) -> None:
-        if self._outage:
-            return
-        self._outage = True
-        if isinstance(error, RedisError):
-            self._log.error(
+        elif failure.check(RedisError):
+            self._outage.failed(
                 "{address} refused to store domain states ({error}); keeping "
                 "{count} domain states in memory and retrying",
+                level=LogLevel.error,
                 address=self.path,
-                error=str(error),
-                count=count,
+                error=failure.getErrorMessage(),
+                count=len(self._writes),
             )
         else:
-            self._log.warn(
+            self._outage.failed(
                 "{address} unreachable ({error}); keeping {count} domain states "
                 "in memory and retrying",
                 address=self.path,
-                error=str(error),
-                count=count,
+                error=failure.getErrorMessage(),
+                count=len(self._writes),
             )
 
     def _reconnected(self) -> None:
         """Resynchronise at once: write what piled up while Redis was away."""
-        if self._pending:
+        if self._writes:
             self.flush()

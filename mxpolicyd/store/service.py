@@ -40,7 +40,7 @@ class StoreService(Service):
         if self._loop.running:
             self._loop.stop()
         d = self._store.flush()
-        # A flush already in progress leaves newer states pending.
+        # A flush already in progress leaves newer states unwritten.
         d.addBoth(lambda _: self._store.flush())
         d.addBoth(lambda _: self._store.close())
         d.addBoth(lambda _: self._stop())

@@ -20,11 +20,13 @@ import time
 from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mxpolicyd.evidence.state import DomainState
+from mxpolicyd.ops.outage import Outage
 from mxpolicyd.store.base import Stored
+from mxpolicyd.store.writebehind import Batch, WriteBehind
 
 Runner = Callable[..., "Deferred[Any]"]
 
@@ -57,11 +59,13 @@ class SQLiteStore:
         # Reads happen on the reactor thread, on their own connection: WAL
         # lets them run beside the writer thread's transactions.
         self._reader: sqlite3.Connection | None = None
-        self._pending: dict[str, tuple[str, float] | None] = {}
-        self._flushing: Deferred[None] | None = None
-        # Failed flushes in a row: a full disk is logged when it starts and
-        # when it ends, not on every retry.
-        self._failures = 0
+        # The serialised state and when it was last used, by domain.
+        self._writes: WriteBehind[tuple[str, float]] = WriteBehind(
+            self._write, self._written, self._not_written
+        )
+        # A full disk is logged when it starts and when it ends, not on
+        # every retry.
+        self._outage = Outage(self._log, wall)
 
     def open(self) -> None:
         """
@@ -157,12 +161,12 @@ class SQLiteStore:
     def get(self, domain: str) -> Deferred[Stored | None]:
         """One domain, read now: an indexed read of one row."""
         assert self._reader is not None
-        if domain in self._pending:
-            # Not yet flushed: the newest state is in memory.
-            pending = self._pending[domain]
-            if pending is None:
+        if domain in self._writes:
+            # Not yet written: the newest state is in memory.
+            change = self._writes[domain]
+            if change is None:
                 return succeed(None)
-            text, used = pending
+            text, used = change
             return succeed((domain, DomainState.from_json(json.loads(text)), used))
         try:
             row = self._reader.execute(
@@ -193,58 +197,43 @@ class SQLiteStore:
         return succeed(True)
 
     def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
-        self._pending[domain] = (
-            json.dumps(state.to_json(), separators=(",", ":")),
-            used_at,
-        )
+        self._writes.put(domain, (json.dumps(state.to_json(), separators=(",", ":")), used_at))
 
     def delete(self, domain: str) -> None:
-        self._pending[domain] = None
+        self._writes.delete(domain)
 
     @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def unwritten(self) -> int:
+        return len(self._writes)
 
     def flush(self) -> Deferred[None]:
-        """Write what is pending in one transaction; one flush at a time."""
-        if self._flushing is not None:
-            return self._flushing
-        if not self._pending or self._db is None:
+        """Write the unwritten states in one transaction; one flush at a time."""
+        if self._db is None:
             return succeed(None)
-        batch, self._pending = self._pending, {}
-        d = self._run(self._write, batch, self._wall())
-        self._flushing = d
+        return self._writes.flush()
 
-        def done(result: None | Failure) -> None:
-            self._flushing = None
-            if isinstance(result, Failure):
-                # Disk full, read-only file system, ...: keep the batch
-                # (unless newer states replaced it) and try again later.
-                for domain, text in batch.items():
-                    self._pending.setdefault(domain, text)
-                self._failures += 1
-                # Once per outage: a retry every flush interval would flood.
-                (self._log.error if self._failures == 1 else self._log.debug)(
-                    "Cannot write {count} domain states to {path} ({error}); "
-                    "keeping them in memory and retrying",
-                    count=len(batch),
-                    path=self.path,
-                    error=result.getErrorMessage(),
-                )
-            elif self._failures:
-                self._log.info(
-                    "Wrote {count} domain states to {path} again, after {failures} "
-                    "failed attempts",
-                    count=len(batch),
-                    path=self.path,
-                    failures=self._failures,
-                )
-                self._failures = 0
+    def _write(self, batch: Batch[tuple[str, float]]) -> Deferred[object]:
+        return self._run(self._transaction, batch, self._wall())
 
-        d.addBoth(done)
-        return d
+    def _written(self, count: int) -> None:
+        self._outage.ended(
+            "Wrote {count} domain states to {path} again, after {failures} failed attempts",
+            count=count,
+            path=self.path,
+        )
 
-    def _write(self, batch: dict[str, tuple[str, float] | None], now: float) -> None:
+    def _not_written(self, failure: Failure, count: int) -> None:
+        # Disk full, read-only file system, ...: the states wait in memory.
+        self._outage.failed(
+            "Cannot write {count} domain states to {path} ({error}); keeping them "
+            "in memory and retrying",
+            level=LogLevel.error,
+            count=count,
+            path=self.path,
+            error=failure.getErrorMessage(),
+        )
+
+    def _transaction(self, batch: Batch[tuple[str, float]], now: float) -> None:
         assert self._db is not None
         db = self._db
         db.execute("BEGIN")
