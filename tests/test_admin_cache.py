@@ -122,7 +122,7 @@ class EnforceTests(AdminCacheCase):
         """dane-only then insecure: TEMP (warned once) until "cache ack", which persists the new memory."""
         self.evaluate(dane_only(self.clock.seconds()))
         self.assertEqual(self.ask(), b"OK dane-only")
-        self.assertEqual(self.store.rows[D][0].best,
+        self.assertEqual(self.store.rows[D][0].memory,
                          Remembered("dane-only", self.clock.seconds()))
         self.clock.advance(100)
         self.evaluate(insecure(self.clock.seconds()))
@@ -148,7 +148,7 @@ class EnforceTests(AdminCacheCase):
         self.assertTrue(reply_ack["acknowledged"])
         self.assertEqual(reply_ack["action"], "none")
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
         self.assertTrue(any("Downgrade hold for example.test ended" in line
                             for line in self.logged(LogLevel.info)))
 
@@ -163,7 +163,7 @@ class EnforceTests(AdminCacheCase):
         self.assertIn("temporarily unknown", reply["error"])
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", self.clock.seconds()))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", self.clock.seconds()))
 
     def test_memory_ages_out(self) -> None:
         """A held downgrade ends when the remembered verdict ages out, with no new evaluation."""
@@ -182,7 +182,7 @@ class EnforceTests(AdminCacheCase):
         self.evaluate(dane_only(self.clock.seconds()))
         self.evaluate(withdrawn_tlsa(self.clock.seconds()))
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
         self.assertEqual(self.metrics.guard.values, {("withdrawn",): 1})
         self.assertTrue(any("withdrawn by the domain" in line
                             for line in self.logged(LogLevel.info)))
@@ -213,7 +213,7 @@ class EnforceTests(AdminCacheCase):
         self.evaluate(dane_temp(self.clock.seconds()))
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", seen))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", seen))
 
 
 class WarnTests(AdminCacheCase):
@@ -231,7 +231,7 @@ class WarnTests(AdminCacheCase):
         self.assertEqual(self.metrics.guard.values, {("warned",): 1})
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best and entry.state.best.action, "sts-enforce")
+        self.assertEqual(entry.state.memory and entry.state.memory.action, "sts-enforce")
 
 
 class OffTests(AdminCacheCase):
@@ -242,7 +242,7 @@ class OffTests(AdminCacheCase):
         self.evaluate(dane_only(self.clock.seconds()))
         self.evaluate(insecure(self.clock.seconds()))
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
 
 
 def synchronous(f: Any, *args: Any) -> Deferred[Any]:
@@ -277,7 +277,7 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(cache.warm()), 1)
         entry = cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", clock.seconds()))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", clock.seconds()))
         evaluator.immediate = insecure(clock.seconds())
         self.successResultOf(cache.refresh(D))
         self.assertEqual(entry.verdict.action, Action.TEMP)
@@ -427,7 +427,7 @@ class ExplainOutputTests(SynchronousTestCase):
         rule = AdminRule(D, 'domain."example.test"', subdomains=True, postfix="encrypt",
                          expires=now + DAY, expires_text="2030-01-01")
         policy = AdminPolicy(downgrade="enforce", min_tls_level="encrypted", rules={D: rule})
-        state = DomainState(sts=checked(now), best=Remembered("sts-enforce", now - 10))
+        state = DomainState(sts=checked(now), memory=Remembered("sts-enforce", now - 10))
         evidence = decide(D, state, now)
         verdict, _ = judge(evidence, state, policy, now)
         out = io.StringIO()

@@ -478,7 +478,7 @@ class NegativeCapTests(SynchronousTestCase):
     def test_downgrade_memory_never_evicted(self) -> None:
         """A domain whose strongest verdict is remembered keeps it through a flood of junk names."""
         now = self.clock.seconds()
-        remembered = replace(negative(now), best=Remembered("dane-only", now))
+        remembered = replace(negative(now), memory=Remembered("dane-only", now))
         self.add("was-dane.test", state=remembered)
         self.add("n1.test", "n2.test", "n3.test", "n4.test")
         self.assertIn("was-dane.test", self.cache)

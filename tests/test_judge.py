@@ -56,8 +56,8 @@ def sts(policy: StsPolicy | None = ENFORCE, expires: float = NOW + DAY) -> StsSt
 
 
 def state(sts_state: StsState | None = None, dane_state: DaneState | None = None,
-          best: Remembered | None = None) -> DomainState:
-    return DomainState(sts=sts_state or StsState(), dane=dane_state, best=best)
+          memory: Remembered | None = None) -> DomainState:
+    return DomainState(sts=sts_state or StsState(), dane=dane_state, memory=memory)
 
 
 STATES = {
@@ -85,9 +85,9 @@ def admin(**kw: object) -> AdminPolicy:
     return AdminPolicy(**kw)  # type: ignore[arg-type]
 
 
-def judged(name: str, policy: AdminPolicy, best: Remembered | None = None,
+def judged(name: str, policy: AdminPolicy, memory: Remembered | None = None,
            now: float = NOW) -> tuple[Verdict, float]:
-    s = replace(STATES[name], best=best)
+    s = replace(STATES[name], memory=memory)
     return judge(decide(D, s, now), s, policy, now)
 
 
@@ -273,15 +273,26 @@ class MemoryTests(SynchronousTestCase):
 
     def test_remembered_json(self) -> None:
         """The memory round-trips through the stored JSON; rows without it still load."""
-        s = state(sts(), best=Remembered("dane-only", 12.5))
+        s = state(sts(), memory=Remembered("dane-only", 12.5))
         data = s.to_json()
-        self.assertEqual(data["best"], {"action": "dane-only", "seen_at": 12.5})
+        self.assertEqual(data["memory"], {"action": "dane-only", "seen_at": 12.5})
+        self.assertNotIn("best", data)
         self.assertEqual(DomainState.from_json(data), s)
-        del data["best"]
-        self.assertIsNone(DomainState.from_json(data).best)
+        del data["memory"]
+        self.assertIsNone(DomainState.from_json(data).memory)
         for bad in ({"action": "sts-testing", "seen_at": 1}, {"action": "dane"}, [1],
                     {"action": "dane", "seen_at": True}):
+            self.assertRaises(ValueError, DomainState.from_json, dict(data, memory=bad))
             self.assertRaises(ValueError, DomainState.from_json, dict(data, best=bad))
+
+    def test_remembered_json_of_0_1_0(self) -> None:
+        """A state written by 0.1.0 keeps its memory under the old key "best"; the new key wins."""
+        data = state(sts()).to_json()
+        data["best"] = {"action": "sts-enforce", "seen_at": 7.0}
+        self.assertEqual(DomainState.from_json(data).memory, Remembered("sts-enforce", 7.0))
+        data["memory"] = {"action": "dane", "seen_at": 9.0}
+        self.assertEqual(DomainState.from_json(data).memory, Remembered("dane", 9.0))
+        self.assertEqual(set(DomainState.from_json(data).to_json()), {"v", "sts", "memory"})
 
 
 POSTFIX = BUILTIN_PROFILES["postfix"]
@@ -361,7 +372,7 @@ class AdministrationTests(SynchronousTestCase):
         """explain and cache show get levels, the entry, minimums and the memory."""
         policy = admin(downgrade="enforce", min_mx_level="mta-sts", rules={
             D: entry(postfix="encrypt", expires=NOW + DAY, expires_text="2030-01-01")})
-        s = replace(STATES["nothing-unsigned"], best=REMEMBER["dane-only"])
+        s = replace(STATES["nothing-unsigned"], memory=REMEMBER["dane-only"])
         verdict, _ = judge(decide(D, s, NOW), s, policy, NOW)
         data = administration(decide(D, s, NOW), s, verdict, policy, NOW)
         self.assertEqual((data["evidence"], data["mx_level"], data["tls_level"]),

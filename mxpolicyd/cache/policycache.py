@@ -63,7 +63,7 @@ def holds_policy(state: DomainState, now: float) -> bool:
     the domain), a DANE verdict, or the downgrade memory.  Anything else,
     one evaluation learns again.
     """
-    if state.sts.active_policy(now) is not None or state.best is not None:
+    if state.sts.active_policy(now) is not None or state.memory is not None:
         # A remembered strongest verdict is what downgrade protection
         # compares with: a flood must not wash it out.
         return True
@@ -486,7 +486,7 @@ class PolicyCache:
         if evidence.action is Action.TEMP:
             return None
         memory, _ = remember(None, evidence, entry.state, self._admin, now)
-        previous = entry.state.best
+        previous = entry.state.memory
         self._log.info(
             "Administrator acknowledged the policy of {domain}: remembering {now} "
             "(was {before})",
@@ -494,7 +494,7 @@ class PolicyCache:
             now=memory.action if memory is not None else "nothing",
             before=previous.action if previous is not None else "nothing",
         )
-        self._apply(entry, replace(entry.state, best=memory))
+        self._apply(entry, replace(entry.state, memory=memory))
         if self._store is not None:
             self._store.put(domain, entry.state, entry.used_at)
         return entry
@@ -672,20 +672,20 @@ class PolicyCache:
     def _remember(self, domain: str, entry: Entry | None, state: DomainState,
                   now: float) -> DomainState:
         """Carry the downgrade memory into a newly evaluated state."""
-        prior = entry.state.best if entry is not None else None
+        prior = entry.state.memory if entry is not None else None
         if prior is None and self._admin.downgrade == "off":
             return state
         evidence = decide(domain, state, now)
-        best, outcome = remember(prior, evidence, state, self._admin, now)
+        memory, outcome = remember(prior, evidence, state, self._admin, now)
         if outcome == WITHDRAWN and prior is not None:
             self._metrics.guard.inc(WITHDRAWN)
             self._log.info(
                 "The {before} policy of {domain} was withdrawn by the domain ({rule}); "
                 "accepted as a legitimate change, remembering {after} from now",
                 before=prior.action, domain=domain, rule=evidence.rule,
-                after=best.action if best is not None else "nothing",
+                after=memory.action if memory is not None else "nothing",
             )
-        return state if best is state.best else replace(state, best=best)
+        return state if memory is state.memory else replace(state, memory=memory)
 
     def _judged(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:
         """Log and count what the administrator's policy changed, once per change."""
@@ -704,21 +704,21 @@ class PolicyCache:
                                rule=after.rule)
         elif note is not None and note.kind in (WARNED, HELD):
             metrics.guard.inc(note.kind)
-            best = entry.state.best
-            if log and best is not None:
+            memory = entry.state.memory
+            if log and memory is not None:
                 evidence = decide(entry.domain, entry.state, self._clock.seconds())
                 self._log.warn(
                     "Policy of {domain} weakened from {before} to {after} ({rule}); {what}",
                     domain=entry.domain,
-                    before=best.action,
+                    before=memory.action,
                     after=evidence.action.value,
                     rule=evidence.rule,
                     what="policy.downgrade = warn: mail goes out with the weaker policy"
                     if note.kind == WARNED else
                     'policy.downgrade = enforce: answering TEMP until an administrator '
                     'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
-                    .format(entry.domain, best.action,
-                            utc(best.seen_at + self._admin.memory)),
+                    .format(entry.domain, memory.action,
+                            utc(memory.seen_at + self._admin.memory)),
                 )
         if log and was is not None and was.kind == HELD and (
                 note is None or note.kind != HELD):

@@ -176,7 +176,7 @@ def judge(
     if rule is not None and rule.forces:
         verdict = replace(verdict, override=rule, note=Note(OVERRIDE, rule.describe()))
 
-    memory = state.best if state is not None else None
+    memory = state.memory if state is not None else None
     if (admin.downgrade != "off" and memory is not None
             and evidence.action is not Action.TEMP
             and now < memory.seen_at + admin.memory
@@ -242,7 +242,7 @@ def administration(
     }
     if rule is not None and not rule.forces:
         data["entry"] = rule.to_json()
-    memory = state.best if state is not None else None
+    memory = state.memory if state is not None else None
     if memory is not None:
         data["remembered"] = {
             "action": memory.action,
