@@ -302,6 +302,23 @@ class DowngradeTests(SynchronousTestCase):
                                                               checked_at=now, due_at=now + 60)))
         self.assertEqual(self.cache.downgrades, 0)
 
+    def test_testing_to_none_is_a_change(self) -> None:
+        """testing -> none is no downgrade (testing counts as no policy): logged at info, not counted."""
+        now = self.clock.seconds()
+        testing = enforced(now)
+        testing = replace(testing, sts=replace(testing.sts, policy=replace(ENFORCE, mode="testing")))
+        self.reevaluate(testing)
+        self.assertEqual(self.cache.downgrades, 1)
+        self.events.clear()
+        self.reevaluate(DomainState())
+        self.assertEqual(self.cache.downgrades, 1)
+        changes = [(e["log_level"], formatEvent(e)) for e in self.events
+                   if "Verdict for" in str(e.get("log_format"))]
+        self.assertEqual(changes, [(LogLevel.info,
+                                    "Verdict for example.test changed from sts-testing to none: "
+                                    "no MTA-STS record and no cached policy "
+                                    "(was: MTA-STS policy in testing mode)")])
+
 
 class ForgetAdoptTests(SynchronousTestCase):
     def setUp(self) -> None:

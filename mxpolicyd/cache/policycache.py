@@ -36,24 +36,23 @@ from twisted.python.failure import Failure
 from mxpolicyd.evidence.dane import DaneStatus
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
-from mxpolicyd.ops.times import utc
 from mxpolicyd.policy.admin import AdminPolicy
-from mxpolicyd.policy.judge import HELD, MINIMUM, WARNED, WITHDRAWN, judge, remember
+from mxpolicyd.policy.judge import (
+    MINIMUM,
+    WITHDRAWN,
+    Report,
+    acknowledgement,
+    judge,
+    noted,
+    remember,
+    verdict_change,
+    weaker,
+    withdrawal,
+)
 from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
 from mxpolicyd.store.base import Store, Stored
 
 NO_ADMIN = AdminPolicy()
-
-# How strong a verdict is, for downgrade detection; TEMP is not a verdict
-# about the domain but about the DNS, and is never compared.
-STRENGTH = {
-    Action.DANE_ONLY: 4,
-    Action.DANE: 3,
-    Action.STS_ENFORCE: 2,
-    Action.STS_TESTING: 1,
-    Action.NONE: 0,
-}
-
 
 def holds_policy(state: DomainState, now: float) -> bool:
     """
@@ -486,14 +485,7 @@ class PolicyCache:
         if evidence.action is Action.TEMP:
             return None
         memory, _ = remember(None, evidence, entry.state, self._admin, now)
-        previous = entry.state.memory
-        self._log.info(
-            "Administrator acknowledged the policy of {domain}: remembering {now} "
-            "(was {before})",
-            domain=domain,
-            now=memory.action if memory is not None else "nothing",
-            before=previous.action if previous is not None else "nothing",
-        )
+        self._emit(acknowledgement(domain, memory, entry.state.memory))
         self._apply(entry, replace(entry.state, memory=memory))
         if self._store is not None:
             self._store.put(domain, entry.state, entry.used_at)
@@ -583,20 +575,10 @@ class PolicyCache:
         after = entry.verdict
         self._judged(entry, before)
         if before.action is not after.action:
-            weaker = STRENGTH.get(after.action, 99) < STRENGTH.get(before.action, -1)
-            if weaker:
+            if weaker(before.action, after.action):
                 self.downgrades += 1
                 self._metrics.downgrades.inc()
-            (self._log.warn if weaker else self._log.info)(
-                "Verdict for {domain} {change} from {before} to {after}: {rule} "
-                "(was: {before_rule})",
-                domain=entry.domain,
-                change="weakened" if weaker else "changed",
-                before=before.action.value,
-                after=after.action.value,
-                rule=after.rule,
-                before_rule=before.rule,
-            )
+            self._emit(verdict_change(before, after))
         self._changed(entry.domain)
         for listener in self._settled:
             listener(entry)
@@ -679,51 +661,23 @@ class PolicyCache:
         memory, outcome = remember(prior, evidence, state, self._admin, now)
         if outcome == WITHDRAWN and prior is not None:
             self._metrics.guard.inc(WITHDRAWN)
-            self._log.info(
-                "The {before} policy of {domain} was withdrawn by the domain ({rule}); "
-                "accepted as a legitimate change, remembering {after} from now",
-                before=prior.action, domain=domain, rule=evidence.rule,
-                after=memory.action if memory is not None else "nothing",
-            )
+            self._emit(withdrawal(prior, evidence, memory))
         return state if memory is state.memory else replace(state, memory=memory)
 
     def _judged(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:
         """Log and count what the administrator's policy changed, once per change."""
-        after = entry.verdict
-        note = after.note
-        was = before.note if before is not None else None
-        if note == was:
-            return
-        metrics = self._metrics
-        # Answers forced by an override are counted per answer, by the
-        # responders (verdict.forced_by).
-        if note is not None and note.kind == MINIMUM:
-            metrics.minimums.inc()
-            if log:
-                self._log.warn("{domain} answered TEMP: {rule}", domain=entry.domain,
-                               rule=after.rule)
-        elif note is not None and note.kind in (WARNED, HELD):
-            metrics.guard.inc(note.kind)
-            memory = entry.state.memory
-            if log and memory is not None:
-                evidence = decide(entry.domain, entry.state, self._clock.seconds())
-                self._log.warn(
-                    "Policy of {domain} weakened from {before} to {after} ({rule}); {what}",
-                    domain=entry.domain,
-                    before=memory.action,
-                    after=evidence.action.value,
-                    rule=evidence.rule,
-                    what="policy.downgrade = warn: mail goes out with the weaker policy"
-                    if note.kind == WARNED else
-                    'policy.downgrade = enforce: answering TEMP until an administrator '
-                    'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
-                    .format(entry.domain, memory.action,
-                            utc(memory.seen_at + self._admin.memory)),
-                )
-        if log and was is not None and was.kind == HELD and (
-                note is None or note.kind != HELD):
-            self._log.info("Downgrade hold for {domain} ended; answering {action} ({rule})",
-                           domain=entry.domain, action=after.action.value, rule=after.rule)
+        counted, reports = noted(before, entry.verdict, entry.state, self._admin,
+                                 self._clock.seconds())
+        if counted == MINIMUM:
+            self._metrics.minimums.inc()
+        elif counted is not None:
+            self._metrics.guard.inc(counted)
+        if log:
+            for report in reports:
+                self._emit(report)
+
+    def _emit(self, report: Report) -> None:
+        (self._log.warn if report.warning else self._log.info)(report.format, **report.fields)
 
     def _count(self, state: DomainState) -> None:
         metrics = self._metrics
