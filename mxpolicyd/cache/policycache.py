@@ -19,7 +19,6 @@ is read from the store on its own.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -33,6 +32,7 @@ from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mxpolicyd.cache.entries import NO_ADMIN, Entries, Entry
 from mxpolicyd.evidence.dane import DaneStatus
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
@@ -52,54 +52,11 @@ from mxpolicyd.policy.judge import (
 from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
 from mxpolicyd.store.base import Store, Stored
 
-NO_ADMIN = AdminPolicy()
-
-def holds_policy(state: DomainState, now: float) -> bool:
-    """
-    Whether a domain's state is worth its memory whatever the pressure: an
-    unexpired MTA-STS policy (RFC 8461 s5.1 keeps it until it expires;
-    forgetting it would let an attacker who blocks the next fetch downgrade
-    the domain), a DANE verdict, or the downgrade memory.  Anything else,
-    one evaluation learns again.
-    """
-    if state.sts.active_policy(now) is not None or state.memory is not None:
-        # A remembered strongest verdict is what downgrade protection
-        # compares with: a flood must not wash it out.
-        return True
-    dane = state.dane
-    return dane is not None and dane.status in (DaneStatus.DANE_ONLY, DaneStatus.DANE)
-
 
 class _Evaluator(Protocol):
     def evaluate(
         self, domain: str, prior: DomainState | None
     ) -> Deferred[DomainState]: ...
-
-
-class Entry:
-    """One cached domain.  Mutable, updated in place on re-evaluation."""
-
-    __slots__ = (
-        "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresh_at",
-    )
-
-    def __init__(self, domain: str, state: DomainState, now: float, used_at: float,
-                 admin: AdminPolicy = NO_ADMIN) -> None:
-        self.domain = domain
-        self.used_at = used_at
-        # The refresher's bookkeeping: the second it is scheduled for.
-        self.refresh_at = 0
-        self.update(state, now, admin)
-
-    def update(self, state: DomainState, now: float, admin: AdminPolicy = NO_ADMIN) -> None:
-        self.state = state
-        self.verdict: Verdict = decide(self.domain, state, now)
-        self.due_at = state.due_at
-        self.changes_at = state.changes_at(now)
-        if not admin.neutral:
-            self.verdict, until = judge(self.verdict, state, admin, now)
-            if until < self.changes_at:
-                self.changes_at = until
 
 
 class PolicyCache:
@@ -129,7 +86,7 @@ class PolicyCache:
         @param lease: how long this daemon holds a domain while it
             re-evaluates it for a fleet sharing the store.
         @param max_negative: how many domains holding no policy (see
-            L{holds_policy}) stay cached; beyond, the least recently used
+            L{mxpolicyd.cache.entries.holds_policy}) stay cached; beyond, the least recently used
             are evicted, from the store too.
         @param max_waiting: how many evaluations may wait for one of the
             C{max_evaluations} slots; beyond, a lookup of a new domain is
@@ -145,33 +102,22 @@ class PolicyCache:
         self._store = store
         self._deadline = deadline
         self._semaphore = DeferredSemaphore(max_evaluations)
-        self._entries: dict[str, Entry] = {}
+        self._entries = Entries(clock, store, self._metrics, max_negative, self._busy,
+                                self._evicted)
+        # The table, read directly on the lookup path.
+        self._by_domain = self._entries.by_domain
         self._waiting: dict[str, list[Deferred[Entry]]] = {}
         self._listeners: list[Callable[[str], None]] = []
         self._settled: list[Callable[[Entry], None]] = []
-        # Until the store has been read in full, a miss may be a domain
-        # whose batch has not arrived yet.
-        self.loaded = store is None
         self.downgrades = 0
         self.evaluations = 0
-        self._max_negative = max_negative
         self._max_waiting = max_waiting
-        # Domains holding no policy, least recently queued first, each with
-        # the last use it had when queued: a use since then earns it a second
-        # chance at the back, so eviction follows last use without the hot
-        # path (which only writes Entry.used_at) touching this order.
-        self._negative: OrderedDict[str, float] = OrderedDict()
-        self._evicted: list[Callable[[Entry], None]] = []
-        self.evicted = 0
+        self._evicted_listeners: list[Callable[[Entry], None]] = []
         self.shed = 0
-        self._evict_logged = self._shed_logged = -math.inf
-        m = self._metrics
-        m.gauge("mxpolicyd_cached_negative_domains",
-                "Cached domains holding no MTA-STS policy nor DANE verdict.",
-                lambda: len(self._negative))
-        m.gauge("mxpolicyd_evaluations_waiting",
-                "Evaluations waiting for a slot (at most lookup.max_waiting).",
-                lambda: len(self._semaphore.waiting))
+        self._shed_logged = -math.inf
+        self._metrics.gauge("mxpolicyd_evaluations_waiting",
+                            "Evaluations waiting for a slot (at most lookup.max_waiting).",
+                            lambda: len(self._semaphore.waiting))
 
     def set_evaluator(self, evaluator: _Evaluator, pending: Callable[[str], Verdict],
                       deadline: float) -> None:
@@ -182,30 +128,47 @@ class PolicyCache:
 
     def set_bounds(self, max_negative: int, max_waiting: int) -> None:
         """Apply new memory bounds (a reload); a lower cap evicts at once."""
-        self._max_negative = max_negative
         self._max_waiting = max_waiting
-        self._trim()
+        self._entries.max_negative = max_negative
+        self._entries.trim()
+
+    @property
+    def loaded(self) -> bool:
+        """
+        Whether the store has been read in full: until then, a miss may be
+        a domain whose batch has not arrived yet, and nothing is evicted.
+        """
+        return self._entries.loaded
+
+    @loaded.setter
+    def loaded(self, value: bool) -> None:
+        self._entries.loaded = value
 
     @property
     def negative(self) -> int:
-        """Cached domains holding no policy: those L{max_negative} counts."""
-        return len(self._negative)
+        """Cached domains holding no policy: those lookup.max_negative counts."""
+        return self._entries.negative
+
+    @property
+    def evicted(self) -> int:
+        """Domains evicted for room so far."""
+        return self._entries.evicted
 
     @property
     def evaluations_waiting(self) -> int:
         return len(self._semaphore.waiting)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._by_domain)
 
     def __contains__(self, domain: str) -> bool:
-        return domain in self._entries
+        return domain in self._by_domain
 
     def get(self, domain: str) -> Entry | None:
-        return self._entries.get(domain)
+        return self._by_domain.get(domain)
 
     def domains(self) -> Iterable[str]:
-        return self._entries.keys()
+        return self._by_domain.keys()
 
     @property
     def evaluations_in_flight(self) -> int:
@@ -220,7 +183,7 @@ class PolicyCache:
         Call C{listener(entry)} when an entry is evicted for room: the
         refresher drops it from its schedule.
         """
-        self._evicted.append(listener)
+        self._evicted_listeners.append(listener)
 
     def on_settled(self, listener: Callable[[Entry], None]) -> None:
         """
@@ -250,7 +213,7 @@ class PolicyCache:
         def insert(rows: list[Stored]) -> None:
             now = self._clock.seconds()
             for domain, state, used_at in rows:
-                if domain not in self._entries:
+                if domain not in self._by_domain:
                     self._insert(domain, state, now, used_at or now)
                     count[0] += 1
 
@@ -268,21 +231,21 @@ class PolicyCache:
             # Rows arrive in name order: queue them by last use before
             # evicting any, then trim to the cap (a store written before
             # the cap, or under a higher one, may hold more).
-            self._reorder()
-            self._trim()
+            self._entries.reorder()
+            self._entries.trim()
             return count[0]
 
         run = self._cooperator.cooperate if self._cooperator is not None else cooperate
         return run(batches()).whenDone().addCallback(done)
 
     def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
-        entry = self._entries[domain] = Entry(domain, state, now, used_at, self._admin)
+        entry = self._by_domain[domain] = Entry(domain, state, now, used_at, self._admin)
         if entry.verdict.note is not None:
             # Quiet while the store is read: those were logged before the restart.
             self._judged(entry, None, log=self.loaded)
         for listener in self._settled:
             listener(entry)
-        self._track(entry, now)
+        self._entries.track(entry, now)
         return entry
 
     def current(self, domain: str) -> Entry | None:
@@ -292,7 +255,7 @@ class PolicyCache:
         Starts a background re-check when the evidence is due, and
         re-decides when a policy has run out.  This is the hot path.
         """
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None:
             return None
         now = self._clock.seconds()
@@ -304,7 +267,7 @@ class PolicyCache:
             entry.update(entry.state, now, self._admin)
             self._judged(entry, before)
             self._changed(domain)
-            self._track(entry, now)
+            self._entries.track(entry, now)
         return entry
 
     def lookup(self, domain: str) -> Verdict | Deferred[Verdict]:
@@ -336,7 +299,7 @@ class PolicyCache:
     def _stored(
         self, row: Stored | None, domain: str, started: float
     ) -> Verdict | Deferred[Verdict]:
-        if domain not in self._entries and row is not None:
+        if domain not in self._by_domain and row is not None:
             now = self._clock.seconds()
             self._insert(domain, row[1], now, now)
         entry = self.current(domain)
@@ -410,7 +373,7 @@ class PolicyCache:
         return d.addCallbacks(leased, unleased)
 
     def _adopt_row(self, row: Stored | None, domain: str) -> Entry | None:
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None:
             return None
         if row is not None and self.adopt(domain, row[1]):
@@ -429,7 +392,7 @@ class PolicyCache:
         reason to forget a policy before max_age (RFC 8461 s5.1); a policy
         legitimately withdrawn arrives as a fetched mode none policy.
         """
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None or _checked(state) <= _checked(entry.state):
             return False
         now = self._clock.seconds()
@@ -440,10 +403,8 @@ class PolicyCache:
 
     def forget(self, domain: str) -> bool:
         """Drop a domain from memory and from the store."""
-        entry = self._entries.pop(domain, None)
-        if entry is None:
+        if self._entries.remove(domain) is None:
             return False
-        self._negative.pop(domain, None)
         if self._store is not None:
             self._store.delete(domain)
         self._changed(domain)
@@ -468,7 +429,7 @@ class PolicyCache:
         if admin == self._admin:
             return
         self._admin = admin
-        for entry in self._entries.values():
+        for entry in self._by_domain.values():
             entry.changes_at = 0.0
 
     def acknowledge(self, domain: str) -> Entry | None:
@@ -477,7 +438,7 @@ class PolicyCache:
         downgrade memory becomes what the evidence shows, and a held
         downgrade is released.
         """
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None:
             return None
         now = self._clock.seconds()
@@ -531,7 +492,7 @@ class PolicyCache:
             waiters.append(child)
             return child
         self._waiting[domain] = [child]
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         prior = entry.state if entry is not None else None
         self.evaluations += 1
         shared = self._semaphore.run(self._evaluator.evaluate, domain, prior)
@@ -541,7 +502,7 @@ class PolicyCache:
     def _evaluated(self, result: DomainState | Failure, domain: str) -> None:
         waiters = self._waiting.pop(domain, [])
         now = self._clock.seconds()
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if isinstance(result, Failure):
             # The evaluators record failures as evidence; this is a bug.
             self._log.failure(
@@ -582,69 +543,16 @@ class PolicyCache:
         self._changed(entry.domain)
         for listener in self._settled:
             listener(entry)
-        self._track(entry, now)
+        self._entries.track(entry, now)
 
-    def _track(self, entry: Entry, now: float) -> None:
-        """Keep the queue of domains holding no policy current, and capped."""
-        negative = self._negative
-        if holds_policy(entry.state, now):
-            negative.pop(entry.domain, None)
-        elif entry.domain not in negative:
-            negative[entry.domain] = entry.used_at
-            if len(negative) > self._max_negative:
-                self._trim()
+    def _busy(self, domain: str) -> bool:
+        """Whether a domain is under evaluation or lease: not to be evicted."""
+        return domain in self._waiting or domain in self._leasing
 
-    def _trim(self) -> None:
-        """
-        Evict domains holding no policy, least recently used first, down to
-        the cap.  Domains under evaluation are passed over: their result is
-        about to be inserted again.
-        """
-        negative = self._negative
-        if not self.loaded or len(negative) <= self._max_negative:
-            return
-        passed = 0
-        evicted = self.evicted
-        while len(negative) > self._max_negative and passed < len(negative):
-            domain, queued = negative.popitem(last=False)
-            entry = self._entries.get(domain)
-            if entry is None:
-                continue
-            if entry.used_at > queued or domain in self._waiting or domain in self._leasing:
-                negative[domain] = entry.used_at
-                passed += 1
-                continue
-            self._evict(entry)
-        now = self._clock.seconds()
-        if self.evicted > evicted and now - self._evict_logged >= 600:
-            self._evict_logged = now
-            self._log.info(
-                "More cached domains hold no policy than lookup.max_negative ({cap}); "
-                "evicting the least recently used, as each new one arrives ({count} "
-                "evicted so far)",
-                cap=self._max_negative,
-                count=self.evicted,
-            )
-
-    def _evict(self, entry: Entry) -> None:
-        domain = entry.domain
-        del self._entries[domain]
-        # Not kept in the store either: it would come back at the next
-        # start, and the store would grow with every junk name.
-        if self._store is not None:
-            self._store.delete(domain)
-        self.evicted += 1
-        self._metrics.evictions.inc()
-        for listener in self._evicted:
+    def _evicted(self, entry: Entry) -> None:
+        for listener in self._evicted_listeners:
             listener(entry)
-        self._changed(domain)
-
-    def _reorder(self) -> None:
-        """Queue the domains holding no policy by their last use."""
-        entries = self._entries
-        found = [entries[d] for d in self._negative if d in entries]
-        found.sort(key=lambda e: e.used_at)
-        self._negative = OrderedDict((e.domain, e.used_at) for e in found)
+        self._changed(entry.domain)
 
     def _judge_pending(self, domain: str) -> Verdict:
         """The pending answer, by the administrator's policy too (minimums)."""

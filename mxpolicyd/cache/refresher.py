@@ -29,7 +29,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from mxpolicyd.cache.policycache import Entry, PolicyCache
+from mxpolicyd.cache.entries import Entry
+from mxpolicyd.cache.policycache import PolicyCache
 
 
 class Refresher(Service):
