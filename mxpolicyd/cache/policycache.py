@@ -18,22 +18,17 @@ is read from the store on its own.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator
 
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredSemaphore,
-)
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxpolicyd.cache.entries import NO_ADMIN, Entries, Entry
-from mxpolicyd.evidence.dane import DaneStatus
+from mxpolicyd.cache.evaluations import DomainEvaluator, Evaluations
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
@@ -53,12 +48,6 @@ from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
 from mxpolicyd.store.base import Store, Stored
 
 
-class _Evaluator(Protocol):
-    def evaluate(
-        self, domain: str, prior: DomainState | None
-    ) -> Deferred[DomainState]: ...
-
-
 class PolicyCache:
     _log = Logger()
     # The administrator's policy (set_admin); every verdict is judged by it.
@@ -67,7 +56,7 @@ class PolicyCache:
     def __init__(
         self,
         clock: IReactorTime,
-        evaluator: _Evaluator,
+        evaluator: DomainEvaluator,
         store: Store | None = None,
         deadline: float = 2.0,
         max_evaluations: int = 100,
@@ -96,39 +85,37 @@ class PolicyCache:
         self._metrics = metrics or Metrics()
         self._leasing: set[str] = set()
         self._cooperator = cooperator
-        self._pending = pending or (lambda domain: first_answer(domain, None, False))
         self._clock = clock
-        self._evaluator = evaluator
         self._store = store
-        self._deadline = deadline
-        self._semaphore = DeferredSemaphore(max_evaluations)
         self._entries = Entries(clock, store, self._metrics, max_negative, self._busy,
                                 self._evicted)
         # The table, read directly on the lookup path.
         self._by_domain = self._entries.by_domain
-        self._waiting: dict[str, list[Deferred[Entry]]] = {}
+        self._evaluations = Evaluations(
+            clock, evaluator, self._settle,
+            pending or (lambda domain: first_answer(domain, None, False)),
+            self._judge_first, self._metrics,
+            deadline=deadline, max_evaluations=max_evaluations, max_waiting=max_waiting)
+        # Read on the lookup path: which domains are under evaluation, and
+        # whether the queue for a slot is full.
+        self._in_flight = self._evaluations.in_flight
+        self._full = self._evaluations.full
         self._listeners: list[Callable[[str], None]] = []
         self._settled: list[Callable[[Entry], None]] = []
         self.downgrades = 0
-        self.evaluations = 0
-        self._max_waiting = max_waiting
         self._evicted_listeners: list[Callable[[Entry], None]] = []
-        self.shed = 0
-        self._shed_logged = -math.inf
-        self._metrics.gauge("mxpolicyd_evaluations_waiting",
-                            "Evaluations waiting for a slot (at most lookup.max_waiting).",
-                            lambda: len(self._semaphore.waiting))
 
-    def set_evaluator(self, evaluator: _Evaluator, pending: Callable[[str], Verdict],
+    def set_evaluator(self, evaluator: DomainEvaluator, pending: Callable[[str], Verdict],
                       deadline: float) -> None:
         """Evaluate with these settings from now on (a reload)."""
-        self._evaluator = evaluator
-        self._pending = pending
-        self._deadline = deadline
+        evaluations = self._evaluations
+        evaluations.evaluator = evaluator
+        evaluations.first_answer = pending
+        evaluations.deadline = deadline
 
     def set_bounds(self, max_negative: int, max_waiting: int) -> None:
         """Apply new memory bounds (a reload); a lower cap evicts at once."""
-        self._max_waiting = max_waiting
+        self._evaluations.max_waiting = max_waiting
         self._entries.max_negative = max_negative
         self._entries.trim()
 
@@ -156,7 +143,12 @@ class PolicyCache:
 
     @property
     def evaluations_waiting(self) -> int:
-        return len(self._semaphore.waiting)
+        return self._evaluations.waiting
+
+    @property
+    def shed(self) -> int:
+        """Lookups answered unevaluated because the queue was full."""
+        return self._evaluations.shed
 
     def __len__(self) -> int:
         return len(self._by_domain)
@@ -172,7 +164,7 @@ class PolicyCache:
 
     @property
     def evaluations_in_flight(self) -> int:
-        return len(self._waiting)
+        return len(self._in_flight)
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
@@ -283,10 +275,10 @@ class PolicyCache:
             # Not read yet, or maybe evaluated by another daemon.
             started = self._clock.seconds()
             d = store.get(domain)
-            d.addTimeout(self._deadline, self._clock)
+            d.addTimeout(self._evaluations.deadline, self._clock)
             d.addErrback(self._unreadable, domain)
             return d.addCallback(self._stored, domain, started)
-        return self._first(domain, self._deadline)
+        return self._evaluations.first(domain, self._evaluations.deadline)
 
     def _unreadable(self, failure: Failure, domain: str) -> None:
         self._log.warn(
@@ -305,45 +297,15 @@ class PolicyCache:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        left = max(0.0, self._deadline - (self._clock.seconds() - started))
-        return self._first(domain, left)
-
-    def _full(self) -> bool:
-        """Whether every slot is taken and max_waiting evaluations wait."""
-        semaphore = self._semaphore
-        return semaphore.tokens <= 0 and len(semaphore.waiting) >= self._max_waiting
-
-    def _first(self, domain: str, deadline: float) -> Verdict | Deferred[Verdict]:
-        """
-        The first evaluation of C{domain}, waited for up to C{deadline};
-        or, with the queue full, the answer for one that ran out of time,
-        at once: queueing more would only grow memory and answer later.
-        """
-        if domain in self._waiting or not self._full():
-            return self._wait(domain, self._evaluate(domain), deadline)
-        self.shed += 1
-        self._metrics.shed.inc()
-        verdict = self._pending(domain)
-        now = self._clock.seconds()
-        if now - self._shed_logged >= 60:
-            self._shed_logged = now
-            self._log.warn(
-                "{waiting} evaluations are waiting for a slot (lookup.max_waiting); "
-                "answering {domain} with {action} at once, unevaluated, as every new "
-                "domain until the queue drains ({count} such answers so far)",
-                waiting=len(self._semaphore.waiting),
-                domain=domain,
-                action=verdict.action.value,
-                count=self.shed,
-            )
-        return verdict
+        left = max(0.0, self._evaluations.deadline - (self._clock.seconds() - started))
+        return self._evaluations.first(domain, left)
 
     def revalidate(self, domain: str) -> None:
         """
         Re-check C{domain} in the background, unless already under way or
         the queue is full (the refresher, or a later lookup, gets to it).
         """
-        if domain not in self._waiting and domain not in self._leasing and not self._full():
+        if domain not in self._in_flight and domain not in self._leasing and not self._full():
             self.refresh(domain).addErrback(lambda f: f.trap(CancelledError))
 
     def refresh(self, domain: str) -> Deferred[Entry | None]:
@@ -353,7 +315,7 @@ class PolicyCache:
         again after the lease.  Fires with the domain's entry.
         """
         store = self._store
-        if store is None or domain in self._waiting:
+        if store is None or domain in self._in_flight:
             return self._evaluate(domain)  # type: ignore[return-value]
         self._leasing.add(domain)
         d = store.lease(domain, self._lease)
@@ -452,82 +414,32 @@ class PolicyCache:
             self._store.put(domain, entry.state, entry.used_at)
         return entry
 
-    def _wait(self, domain: str, d: Deferred[Entry], deadline: float) -> Deferred[Verdict]:
-        result: Deferred[Verdict] = Deferred(lambda _: d.cancel())
-
-        def answered(entry: Entry) -> None:
-            if not result.called:
-                timer.cancel()
-                result.callback(entry.verdict)
-
-        def late() -> None:
-            verdict = self._judge_pending(domain)
-            self._log.info(
-                "First evaluation of {domain} still running after {deadline} s; "
-                "answering {action} meanwhile ({rule})",
-                domain=domain,
-                deadline=self._deadline,
-                action=verdict.action.value,
-                rule=verdict.rule,
-            )
-            result.callback(verdict)
-
-        def failed(failure: Failure) -> None:
-            if timer.active():
-                timer.cancel()
-            failure.trap(CancelledError)
-
-        timer = self._clock.callLater(deadline, late)
-        d.addCallbacks(answered, failed)
-        return result
-
     def _evaluate(self, domain: str) -> Deferred[Entry]:
-        """
-        One evaluation per domain at a time; every caller gets its own
-        Deferred so that a caller going away cancels nothing shared.
-        """
-        child: Deferred[Entry] = Deferred()
-        waiters = self._waiting.get(domain)
-        if waiters is not None:
-            waiters.append(child)
-            return child
-        self._waiting[domain] = [child]
         entry = self._by_domain.get(domain)
-        prior = entry.state if entry is not None else None
-        self.evaluations += 1
-        shared = self._semaphore.run(self._evaluator.evaluate, domain, prior)
-        shared.addBoth(self._evaluated, domain)
-        return child
+        return self._evaluations.evaluate(domain, entry.state if entry is not None else None)
 
-    def _evaluated(self, result: DomainState | Failure, domain: str) -> None:
-        waiters = self._waiting.pop(domain, [])
+    def _settle(self, domain: str, state: DomainState | None) -> Entry:
+        """
+        Take an evaluation's result into the cache and the store; on a
+        crash (None), keep what was cached.
+        """
         now = self._clock.seconds()
         entry = self._by_domain.get(domain)
-        if isinstance(result, Failure):
-            # The evaluators record failures as evidence; this is a bug.
-            self._log.failure(
-                "Evaluation of {domain} crashed; keeping what was cached",
-                result,
-                domain=domain,
-            )
+        if state is None:
             if entry is None:
-                entry = Entry(domain, DomainState(), now, now, self._admin)
-            else:
-                for listener in self._settled:
-                    listener(entry)
+                return Entry(domain, DomainState(), now, now, self._admin)
+            for listener in self._settled:
+                listener(entry)
+            return entry
+        state = self._remember(domain, entry, state, now)
+        if entry is None:
+            entry = self._insert(domain, state, now, now)
+            self._changed(domain)
         else:
-            self._count(result)
-            result = self._remember(domain, entry, result, now)
-            if entry is None:
-                entry = self._insert(domain, result, now, now)
-                self._changed(domain)
-            else:
-                self._apply(entry, result)
-            if self._store is not None:
-                self._store.put(domain, result, entry.used_at)
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(entry)
+            self._apply(entry, state)
+        if self._store is not None:
+            self._store.put(domain, state, entry.used_at)
+        return entry
 
     def _apply(self, entry: Entry, state: DomainState) -> None:
         now = self._clock.seconds()
@@ -547,16 +459,16 @@ class PolicyCache:
 
     def _busy(self, domain: str) -> bool:
         """Whether a domain is under evaluation or lease: not to be evicted."""
-        return domain in self._waiting or domain in self._leasing
+        return domain in self._in_flight or domain in self._leasing
 
     def _evicted(self, entry: Entry) -> None:
         for listener in self._evicted_listeners:
             listener(entry)
         self._changed(entry.domain)
 
-    def _judge_pending(self, domain: str) -> Verdict:
-        """The pending answer, by the administrator's policy too (minimums)."""
-        verdict, _ = judge(self._pending(domain), None, self._admin, self._clock.seconds())
+    def _judge_first(self, verdict: Verdict) -> Verdict:
+        """A first answer, by the administrator's policy too (minimums)."""
+        verdict, _ = judge(verdict, None, self._admin, self._clock.seconds())
         return verdict
 
     def _remember(self, domain: str, entry: Entry | None, state: DomainState,
@@ -586,19 +498,6 @@ class PolicyCache:
 
     def _emit(self, report: Report) -> None:
         (self._log.warn if report.warning else self._log.info)(report.format, **report.fields)
-
-    def _count(self, state: DomainState) -> None:
-        metrics = self._metrics
-        metrics.evaluations.inc()
-        failure = state.sts.failure
-        if failure is not None:
-            metrics.failures.inc(
-                "mta_sts_dns" if failure.startswith("TXT lookup")
-                else "mta_sts_fetch" if failure.startswith("policy fetch")
-                else "mta_sts_record"
-            )
-        if state.dane is not None and state.dane.status is DaneStatus.TEMP:
-            metrics.failures.inc("dane_dns")
 
     def _changed(self, domain: str) -> None:
         for listener in self._listeners:

@@ -1,0 +1,105 @@
+"""
+Tests for L{mxpolicyd.cache.evaluations}: coalescing, the bound, the queue
+and the deadline, on their own (tests/test_cache.py drives them through the
+cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxpolicyd.cache.entries import Entry
+from mxpolicyd.cache.evaluations import Evaluations
+from mxpolicyd.evidence.state import DomainState
+from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.verdict import Action, Verdict, first_answer
+
+from .test_cache import ScriptedEvaluator, enforced
+
+
+class EvaluationsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.metrics = Metrics()
+        self.settled: list[tuple[str, DomainState | None]] = []
+        self.evaluations = Evaluations(
+            self.clock, self.evaluator, self.settle,
+            lambda domain: first_answer(domain, None, False), self.judged, self.metrics,
+            deadline=2.0, max_evaluations=1, max_waiting=1)
+
+    def settle(self, domain: str, state: DomainState | None) -> Entry:
+        self.settled.append((domain, state))
+        now = self.clock.seconds()
+        return Entry(domain, state or DomainState(), now, now)
+
+    def judged(self, verdict: Verdict) -> Verdict:
+        return replace(verdict, rule="judged: " + verdict.rule)
+
+    def test_coalesced(self) -> None:
+        """Callers of one domain share one evaluation, settled once; each gets the entry."""
+        first = self.evaluations.evaluate("a.test", None)
+        second = self.evaluations.evaluate("a.test", None)
+        self.assertEqual(len(self.evaluator.calls), 1)
+        self.assertEqual(list(self.evaluations.in_flight), ["a.test"])
+        state = enforced(self.clock.seconds())
+        self.evaluator.pending[0].callback(state)
+        self.assertEqual(self.settled, [("a.test", state)])
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))
+        self.assertEqual(self.evaluations.in_flight, {})
+        self.assertEqual(self.metrics.evaluations.values, {(): 1})
+
+    def test_prior_passed(self) -> None:
+        """The evaluator is given the prior state, to re-check rather than start afresh."""
+        prior = enforced(self.clock.seconds())
+        self.evaluations.evaluate("a.test", prior)
+        self.assertEqual(self.evaluator.calls, [("a.test", prior)])
+
+    def test_crash_settles_nothing(self) -> None:
+        """An evaluator bug is logged and settled as None; callers still get an entry."""
+        d = self.evaluations.evaluate("a.test", None)
+        self.evaluator.pending[0].errback(RuntimeError("bug"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.settled, [("a.test", None)])
+        self.assertEqual(self.successResultOf(d).verdict.action, Action.NONE)
+        self.assertEqual(self.metrics.evaluations.values, {})
+
+    def test_deadline_answers_judged_first_answer(self) -> None:
+        """At the deadline the first answer, judged, is given; the evaluation runs on."""
+        d = self.evaluations.first("a.test", 2.0)
+        assert isinstance(d, Deferred)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        verdict = self.successResultOf(d)
+        self.assertEqual(verdict.action, Action.NONE)
+        self.assertTrue(verdict.rule.startswith("judged: first evaluation still running"))
+        self.assertIn("a.test", self.evaluations.in_flight)
+
+    def test_answer_before_deadline_cancels_timer(self) -> None:
+        """An evaluation that ends in time answers and leaves no timer."""
+        d = self.evaluations.first("a.test", 2.0)
+        assert isinstance(d, Deferred)
+        self.evaluator.pending[0].callback(enforced(self.clock.seconds()))
+        self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_queue_full_sheds(self) -> None:
+        """With the slot busy and max_waiting queued, a new domain is answered at once, unevaluated."""
+        self.evaluations.first("a.test", 2.0)
+        self.evaluations.first("b.test", 2.0)
+        self.assertEqual(self.evaluations.waiting, 1)
+        self.assertTrue(self.evaluations.full())
+        verdict = self.evaluations.first("c.test", 2.0)
+        assert isinstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Action.NONE)
+        self.assertEqual([c[0] for c in self.evaluator.calls], ["a.test"])
+        self.assertNotIn("c.test", self.evaluations.in_flight)
+        self.assertEqual((self.evaluations.shed, self.metrics.shed.values), (1, {(): 1}))
+        self.assertIsInstance(self.evaluations.first("b.test", 2.0), Deferred)
+        self.assertEqual(self.evaluations.shed, 1)
