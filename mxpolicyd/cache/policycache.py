@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from mxpolicyd.cache.entries import NO_ADMIN, Entries, Entry
 from mxpolicyd.cache.evaluations import DomainEvaluator, Evaluations
+from mxpolicyd.cache.fleet import Fleet
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
@@ -81,9 +82,7 @@ class PolicyCache:
             C{max_evaluations} slots; beyond, a lookup of a new domain is
             answered at once as if its first evaluation had run out of time.
         """
-        self._lease = lease
         self._metrics = metrics or Metrics()
-        self._leasing: set[str] = set()
         self._cooperator = cooperator
         self._clock = clock
         self._store = store
@@ -100,10 +99,16 @@ class PolicyCache:
         # whether the queue for a slot is full.
         self._in_flight = self._evaluations.in_flight
         self._full = self._evaluations.full
-        self._listeners: list[Callable[[str], None]] = []
-        self._settled: list[Callable[[Entry], None]] = []
-        self.downgrades = 0
+        self._fleet: Fleet | None = None
+        self._leasing: set[str] = set()
+        if store is not None:
+            self._fleet = Fleet(clock, store, lease, self._by_domain, self._evaluate,
+                                self._apply, self._settled)
+            self._leasing = self._fleet.leasing
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._settled_listeners: list[Callable[[Entry], None]] = []
         self._evicted_listeners: list[Callable[[Entry], None]] = []
+        self.downgrades = 0
 
     def set_evaluator(self, evaluator: DomainEvaluator, pending: Callable[[str], Verdict],
                       deadline: float) -> None:
@@ -168,7 +173,7 @@ class PolicyCache:
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
-        self._listeners.append(listener)
+        self._change_listeners.append(listener)
 
     def on_evicted(self, listener: Callable[[Entry], None]) -> None:
         """
@@ -182,7 +187,7 @@ class PolicyCache:
         Call C{listener(entry)} whenever an entry is added or re-evaluated:
         the refresher reschedules it.
         """
-        self._settled.append(listener)
+        self._settled_listeners.append(listener)
 
     def load(self, states: Iterable[tuple[str, DomainState]]) -> int:
         """Fill the memory layer at once (tests and tools)."""
@@ -235,8 +240,7 @@ class PolicyCache:
         if entry.verdict.note is not None:
             # Quiet while the store is read: those were logged before the restart.
             self._judged(entry, None, log=self.loaded)
-        for listener in self._settled:
-            listener(entry)
+        self._settled(entry)
         self._entries.track(entry, now)
         return entry
 
@@ -310,58 +314,17 @@ class PolicyCache:
 
     def refresh(self, domain: str) -> Deferred[Entry | None]:
         """
-        Re-evaluate C{domain} (coalesced) if this daemon holds its lease;
-        otherwise take what the fleet member holding it stored, and look
-        again after the lease.  Fires with the domain's entry.
+        Re-evaluate C{domain} (coalesced), under the store's lease: in a
+        fleet, the daemon holding it re-evaluates and the others take its
+        result.  Fires with the domain's entry.
         """
-        store = self._store
-        if store is None or domain in self._in_flight:
+        if self._fleet is None or domain in self._in_flight:
             return self._evaluate(domain)  # type: ignore[return-value]
-        self._leasing.add(domain)
-        d = store.lease(domain, self._lease)
-
-        def leased(granted: bool) -> Deferred[Any]:
-            self._leasing.discard(domain)
-            if granted:
-                return self._evaluate(domain)
-            return store.get(domain).addCallback(self._adopt_row, domain)
-
-        def unleased(failure: Failure) -> Deferred[Any]:
-            # A store that cannot say: refresh here, answers must stay fresh.
-            self._leasing.discard(domain)
-            failure.trap(Exception)
-            return self._evaluate(domain)
-
-        return d.addCallbacks(leased, unleased)
-
-    def _adopt_row(self, row: Stored | None, domain: str) -> Entry | None:
-        entry = self._by_domain.get(domain)
-        if entry is None:
-            return None
-        if row is not None and self.adopt(domain, row[1]):
-            return entry
-        # Nothing newer yet: the lease holder is still at it.
-        entry.due_at = max(entry.due_at, self._clock.seconds() + self._lease)
-        for listener in self._settled:
-            listener(entry)
-        return entry
+        return self._fleet.refresh(domain)
 
     def adopt(self, domain: str, state: DomainState) -> bool:
-        """
-        Take a state that another daemon of the fleet evaluated, if it is
-        newer than ours.  Never one that drops an unexpired MTA-STS policy
-        we hold: a peer that lost its memory (or found no TXT record) is no
-        reason to forget a policy before max_age (RFC 8461 s5.1); a policy
-        legitimately withdrawn arrives as a fetched mode none policy.
-        """
-        entry = self._by_domain.get(domain)
-        if entry is None or _checked(state) <= _checked(entry.state):
-            return False
-        now = self._clock.seconds()
-        if entry.state.sts.active_policy(now) is not None and state.sts.policy is None:
-            state = replace(state, sts=entry.state.sts)
-        self._apply(entry, state)
-        return True
+        """Take a state that another daemon of the fleet evaluated, if newer."""
+        return self._fleet is not None and self._fleet.adopt(domain, state)
 
     def forget(self, domain: str) -> bool:
         """Drop a domain from memory and from the store."""
@@ -428,8 +391,7 @@ class PolicyCache:
         if state is None:
             if entry is None:
                 return Entry(domain, DomainState(), now, now, self._admin)
-            for listener in self._settled:
-                listener(entry)
+            self._settled(entry)
             return entry
         state = self._remember(domain, entry, state, now)
         if entry is None:
@@ -453,8 +415,7 @@ class PolicyCache:
                 self._metrics.downgrades.inc()
             self._emit(verdict_change(before, after))
         self._changed(entry.domain)
-        for listener in self._settled:
-            listener(entry)
+        self._settled(entry)
         self._entries.track(entry, now)
 
     def _busy(self, domain: str) -> bool:
@@ -500,12 +461,10 @@ class PolicyCache:
         (self._log.warn if report.warning else self._log.info)(report.format, **report.fields)
 
     def _changed(self, domain: str) -> None:
-        for listener in self._listeners:
+        for listener in self._change_listeners:
             listener(domain)
 
+    def _settled(self, entry: Entry) -> None:
+        for listener in self._settled_listeners:
+            listener(entry)
 
-def _checked(state: DomainState) -> float:
-    """When the evidence in C{state} was last gathered."""
-    if state.dane is None:
-        return state.sts.checked_at
-    return max(state.sts.checked_at, state.dane.checked_at)
