@@ -19,17 +19,17 @@ is read from the store on its own.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import Cooperator, cooperate
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from mxpolicyd.cache.entries import NO_ADMIN, Entries, Entry
 from mxpolicyd.cache.evaluations import DomainEvaluator, Evaluations
 from mxpolicyd.cache.fleet import Fleet
+from mxpolicyd.cache.loading import StoreLoader
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
@@ -46,7 +46,7 @@ from mxpolicyd.policy.judge import (
     withdrawal,
 )
 from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
-from mxpolicyd.store.base import Store, Stored
+from mxpolicyd.store.base import Store
 
 
 class PolicyCache:
@@ -83,7 +83,6 @@ class PolicyCache:
             answered at once as if its first evaluation had run out of time.
         """
         self._metrics = metrics or Metrics()
-        self._cooperator = cooperator
         self._clock = clock
         self._store = store
         self._entries = Entries(clock, store, self._metrics, max_negative, self._busy,
@@ -99,9 +98,11 @@ class PolicyCache:
         # whether the queue for a slot is full.
         self._in_flight = self._evaluations.in_flight
         self._full = self._evaluations.full
+        self._loader: StoreLoader | None = None
         self._fleet: Fleet | None = None
         self._leasing: set[str] = set()
         if store is not None:
+            self._loader = StoreLoader(clock, store, self._entries, self._insert, cooperator)
             self._fleet = Fleet(clock, store, lease, self._by_domain, self._evaluate,
                                 self._apply, self._settled)
             self._leasing = self._fleet.leasing
@@ -203,37 +204,8 @@ class PolicyCache:
         Read the whole store into memory in the background, a batch per
         reactor turn, so that lookups are served from the first second.
         """
-        assert self._store is not None
-        store = self._store
-        count = [0]
-
-        def insert(rows: list[Stored]) -> None:
-            now = self._clock.seconds()
-            for domain, state, used_at in rows:
-                if domain not in self._by_domain:
-                    self._insert(domain, state, now, used_at or now)
-                    count[0] += 1
-
-        def batches() -> Iterator[Deferred[None] | None]:
-            # A store on the network yields Deferreds; the cooperator waits.
-            for rows in store.scan(batch):
-                if isinstance(rows, Deferred):
-                    yield rows.addCallback(insert)
-                else:
-                    insert(rows)
-                    yield None
-
-        def done(_: Any) -> int:
-            self.loaded = True
-            # Rows arrive in name order: queue them by last use before
-            # evicting any, then trim to the cap (a store written before
-            # the cap, or under a higher one, may hold more).
-            self._entries.reorder()
-            self._entries.trim()
-            return count[0]
-
-        run = self._cooperator.cooperate if self._cooperator is not None else cooperate
-        return run(batches()).whenDone().addCallback(done)
+        assert self._loader is not None
+        return self._loader.warm(batch)
 
     def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
         entry = self._by_domain[domain] = Entry(domain, state, now, used_at, self._admin)
@@ -274,30 +246,15 @@ class PolicyCache:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        store = self._store
-        if store is not None and (not self.loaded or store.shared):
+        deadline = self._evaluations.deadline
+        loader = self._loader
+        if loader is not None and loader.misses_stored:
             # Not read yet, or maybe evaluated by another daemon.
             started = self._clock.seconds()
-            d = store.get(domain)
-            d.addTimeout(self._evaluations.deadline, self._clock)
-            d.addErrback(self._unreadable, domain)
-            return d.addCallback(self._stored, domain, started)
-        return self._evaluations.first(domain, self._evaluations.deadline)
+            return loader.read(domain, deadline).addCallback(self._read, domain, started)
+        return self._evaluations.first(domain, deadline)
 
-    def _unreadable(self, failure: Failure, domain: str) -> None:
-        self._log.warn(
-            "Cannot read {domain} from the store ({error}); evaluating it afresh",
-            domain=domain,
-            error=failure.getErrorMessage(),
-        )
-        return None
-
-    def _stored(
-        self, row: Stored | None, domain: str, started: float
-    ) -> Verdict | Deferred[Verdict]:
-        if domain not in self._by_domain and row is not None:
-            now = self._clock.seconds()
-            self._insert(domain, row[1], now, now)
+    def _read(self, _: None, domain: str, started: float) -> Verdict | Deferred[Verdict]:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
