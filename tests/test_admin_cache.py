@@ -15,7 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.control import ControlCommands
@@ -93,7 +93,8 @@ class AdminCacheCase(SynchronousTestCase):
         self.cache = PolicyCache(self.clock, self.evaluator, self.store, metrics=self.metrics)
         self.cache.set_admin(AdminPolicy(downgrade=self.mode))
         self.events: list[dict[str, Any]] = []
-        self.cache._log = Logger(observer=self.events.append)  # type: ignore[misc]
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.responder = PostfixResponder(self.clock, self.cache, BUILTIN_PROFILES,
                                           metrics=self.metrics)
         self.commands = ControlCommands(self.cache)

@@ -265,8 +265,8 @@ class DowngradeTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         self.evaluator = ScriptedEvaluator()
-        self.store = RecordingStore()
-        self.cache = PolicyCache(self.clock, self.evaluator, None)
+        self.metrics = Metrics()
+        self.cache = PolicyCache(self.clock, self.evaluator, None, metrics=self.metrics)
         self.cache.load([("example.test", enforced(self.clock.seconds()))])
         self.events: list[dict[str, object]] = []
         from twisted.logger import globalLogPublisher
@@ -278,10 +278,13 @@ class DowngradeTests(SynchronousTestCase):
         self.evaluator.immediate = state
         self.cache.revalidate("example.test")
 
+    def downgrades(self) -> float:
+        return self.metrics.downgrades.values.get((), 0)
+
     def test_weaker_verdict_counted_and_warned(self) -> None:
         """enforce -> none is a downgrade: a warning with both rules, and a count."""
         self.reevaluate(DomainState())
-        self.assertEqual(self.cache.downgrades, 1)
+        self.assertEqual(self.downgrades(), 1)
         warnings = [e for e in self.events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         text = formatEvent(warnings[0])
@@ -293,14 +296,14 @@ class DowngradeTests(SynchronousTestCase):
         now = self.clock.seconds()
         self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
                                                               checked_at=now, due_at=now + 60)))
-        self.assertEqual(self.cache.downgrades, 0)
+        self.assertEqual(self.downgrades(), 0)
 
     def test_temp_not_counted(self) -> None:
         """A temporary failure is not a downgrade of the domain's policy."""
         now = self.clock.seconds()
         self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.TEMP, "timeout",
                                                               checked_at=now, due_at=now + 60)))
-        self.assertEqual(self.cache.downgrades, 0)
+        self.assertEqual(self.downgrades(), 0)
 
     def test_testing_to_none_is_a_change(self) -> None:
         """testing -> none is no downgrade (testing counts as no policy): logged at info, not counted."""
@@ -308,10 +311,10 @@ class DowngradeTests(SynchronousTestCase):
         testing = enforced(now)
         testing = replace(testing, sts=replace(testing.sts, policy=replace(ENFORCE, mode="testing")))
         self.reevaluate(testing)
-        self.assertEqual(self.cache.downgrades, 1)
+        self.assertEqual(self.downgrades(), 1)
         self.events.clear()
         self.reevaluate(DomainState())
-        self.assertEqual(self.cache.downgrades, 1)
+        self.assertEqual(self.downgrades(), 1)
         changes = [(e["log_level"], formatEvent(e)) for e in self.events
                    if "Verdict for" in str(e.get("log_format"))]
         self.assertEqual(changes, [(LogLevel.info,
@@ -468,7 +471,8 @@ class NegativeCapTests(SynchronousTestCase):
         self.assertIn("b.test", self.changes)
         self.add("e.test")
         self.assertEqual(self.evicted, ["b.test", "c.test"])
-        self.assertEqual((self.cache.evicted, self.cache.negative, len(self.cache)), (2, 3, 3))
+        self.assertEqual((self.metrics.evictions.values, self.cache.negative, len(self.cache)),
+                         ({(): 2}, 3, 3))
 
     def test_hot_path_use_counts(self) -> None:
         """A use recorded only in Entry.used_at (the responder's memo path) keeps a domain."""
@@ -601,7 +605,6 @@ class WaitingBoundTests(SynchronousTestCase):
         assert isinstance(verdict, Verdict)
         self.assertEqual(verdict.action, Action.TEMP)
         self.assertIn("DANE state unknown", verdict.rule)
-        self.assertEqual(self.cache.shed, 1)
         self.assertIn("mxpolicyd_lookups_shed_total 1\n", self.metrics.render().decode())
         for d in self.evaluator.pending[:2]:
             d.callback(negative(self.clock.seconds()))
@@ -622,9 +625,10 @@ class WaitingBoundTests(SynchronousTestCase):
 
     def test_free_slot_not_shed(self) -> None:
         """max_waiting 0 still evaluates while a slot is free."""
-        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0)
+        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0,
+                            metrics=self.metrics)
         self.assertIsInstance(cache.lookup("a.test"), Deferred)
-        self.assertEqual(cache.shed, 0)
+        self.assertEqual(self.metrics.shed.values, {})
 
     def test_coalesced_not_shed(self) -> None:
         """A lookup of a domain already queued joins its evaluation, full queue or not."""
@@ -632,7 +636,7 @@ class WaitingBoundTests(SynchronousTestCase):
             self.cache.lookup(d)
         again = self.cache.lookup("c.test")
         self.assertIsInstance(again, Deferred)
-        self.assertEqual(self.cache.shed, 0)
+        self.assertEqual(self.metrics.shed.values, {})
 
     def test_revalidation_skipped_when_full(self) -> None:
         """A due cached domain is answered from memory and not queued while the queue is full."""

@@ -1,58 +1,42 @@
 """
 The policy cache: every domain's state and verdict in memory, in front of
-the evaluator and the durable store.
+the evaluator and the durable store.  The answers, the control commands and
+the refresher use it; it assembles the parts that do each job.
 
 A lookup of a cached domain is a dict lookup and a clock read.  When the
 evidence behind a verdict is due, the lookup still answers at once and starts
 a background re-check (stale-while-revalidate).  A lookup of an unknown domain
-starts an evaluation and waits for it no longer than the lookup deadline.
-Concurrent evaluations of one domain are coalesced into one, and evaluations
-in flight are bounded, and so is the queue waiting for them: beyond it, a new
-domain gets the first-evaluation answer at once.  Domains holding neither an
-unexpired MTA-STS policy nor a DANE verdict are capped in number, the least
-recently used evicted first, so that a flood of junk names costs bounded
-memory; a domain holding a policy is never evicted for room.  At start-up the
-store is read in the background; a domain asked for before its batch arrives
-is read from the store on its own.
+starts an evaluation and waits for it no longer than the lookup deadline
+(L{mxpolicyd.cache.evaluations}).  Domains holding no policy are capped in
+number (L{mxpolicyd.cache.entries}).  At start-up the store is read in the
+background; a domain asked for before its batch arrives is read from the
+store on its own (L{mxpolicyd.cache.loading}).  In a fleet sharing the store,
+one daemon re-evaluates a domain for all (L{mxpolicyd.cache.fleet}).  Every
+verdict is judged by the administrator's policy (L{mxpolicyd.cache.judging}).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Iterable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
-from twisted.logger import Logger
 
-from mxpolicyd.cache.entries import NO_ADMIN, Entries, Entry
+from mxpolicyd.cache.entries import Entries, Entry
 from mxpolicyd.cache.evaluations import DomainEvaluator, Evaluations
 from mxpolicyd.cache.fleet import Fleet
+from mxpolicyd.cache.judging import EntryJudge
 from mxpolicyd.cache.loading import StoreLoader
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
-from mxpolicyd.policy.judge import (
-    MINIMUM,
-    WITHDRAWN,
-    Report,
-    acknowledgement,
-    judge,
-    noted,
-    remember,
-    verdict_change,
-    weaker,
-    withdrawal,
-)
-from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
+from mxpolicyd.policy.verdict import Verdict, first_answer
 from mxpolicyd.store.base import Store
 
 
 class PolicyCache:
-    _log = Logger()
-    # The administrator's policy (set_admin); every verdict is judged by it.
-    _admin: AdminPolicy = NO_ADMIN
+    """Cached domains, their evaluations and their verdicts."""
 
     def __init__(
         self,
@@ -76,40 +60,40 @@ class PolicyCache:
         @param lease: how long this daemon holds a domain while it
             re-evaluates it for a fleet sharing the store.
         @param max_negative: how many domains holding no policy (see
-            L{mxpolicyd.cache.entries.holds_policy}) stay cached; beyond, the least recently used
-            are evicted, from the store too.
+            L{mxpolicyd.cache.entries.holds_policy}) stay cached; beyond, the
+            least recently used are evicted, from the store too.
         @param max_waiting: how many evaluations may wait for one of the
             C{max_evaluations} slots; beyond, a lookup of a new domain is
             answered at once as if its first evaluation had run out of time.
         """
-        self._metrics = metrics or Metrics()
+        metrics = metrics or Metrics()
         self._clock = clock
         self._store = store
-        self._entries = Entries(clock, store, self._metrics, max_negative, self._busy,
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._settled_listeners: list[Callable[[Entry], None]] = []
+        self._evicted_listeners: list[Callable[[Entry], None]] = []
+        self._judge = EntryJudge(clock, metrics)
+        self._entries = Entries(clock, store, metrics, max_negative, self._busy,
                                 self._evicted)
-        # The table, read directly on the lookup path.
-        self._by_domain = self._entries.by_domain
         self._evaluations = Evaluations(
             clock, evaluator, self._settle,
             pending or (lambda domain: first_answer(domain, None, False)),
-            self._judge_first, self._metrics,
+            self._judge.first_answer, metrics,
             deadline=deadline, max_evaluations=max_evaluations, max_waiting=max_waiting)
-        # Read on the lookup path: which domains are under evaluation, and
-        # whether the queue for a slot is full.
-        self._in_flight = self._evaluations.in_flight
-        self._full = self._evaluations.full
         self._loader: StoreLoader | None = None
         self._fleet: Fleet | None = None
         self._leasing: set[str] = set()
         if store is not None:
             self._loader = StoreLoader(clock, store, self._entries, self._insert, cooperator)
-            self._fleet = Fleet(clock, store, lease, self._by_domain, self._evaluate,
+            self._fleet = Fleet(clock, store, lease, self._entries.by_domain, self._evaluate,
                                 self._apply, self._settled)
             self._leasing = self._fleet.leasing
-        self._change_listeners: list[Callable[[str], None]] = []
-        self._settled_listeners: list[Callable[[Entry], None]] = []
-        self._evicted_listeners: list[Callable[[Entry], None]] = []
-        self.downgrades = 0
+        # Read by the lookup path (current, revalidate) without going
+        # through the parts: the table, the domains under evaluation, and
+        # whether the queue for a slot is full.
+        self._by_domain = self._entries.by_domain
+        self._in_flight = self._evaluations.in_flight
+        self._full = self._evaluations.full
 
     def set_evaluator(self, evaluator: DomainEvaluator, pending: Callable[[str], Verdict],
                       deadline: float) -> None:
@@ -124,6 +108,24 @@ class PolicyCache:
         self._evaluations.max_waiting = max_waiting
         self._entries.max_negative = max_negative
         self._entries.trim()
+
+    @property
+    def admin(self) -> AdminPolicy:
+        return self._judge.admin
+
+    def set_admin(self, admin: AdminPolicy) -> None:
+        """
+        Judge by this administrator's policy from now on (start-up, reload).
+
+        Entries are re-decided lazily: each one's change time is reset, so
+        the next lookup (which the memo then lets through) re-decides it,
+        and an idle domain costs nothing.
+        """
+        if admin == self._judge.admin:
+            return
+        self._judge.admin = admin
+        for entry in self._by_domain.values():
+            entry.changes_at = 0.0
 
     @property
     def loaded(self) -> bool:
@@ -143,18 +145,12 @@ class PolicyCache:
         return self._entries.negative
 
     @property
-    def evicted(self) -> int:
-        """Domains evicted for room so far."""
-        return self._entries.evicted
+    def evaluations_in_flight(self) -> int:
+        return len(self._in_flight)
 
     @property
     def evaluations_waiting(self) -> int:
         return self._evaluations.waiting
-
-    @property
-    def shed(self) -> int:
-        """Lookups answered unevaluated because the queue was full."""
-        return self._evaluations.shed
 
     def __len__(self) -> int:
         return len(self._by_domain)
@@ -168,9 +164,9 @@ class PolicyCache:
     def domains(self) -> Iterable[str]:
         return self._by_domain.keys()
 
-    @property
-    def evaluations_in_flight(self) -> int:
-        return len(self._in_flight)
+    def now(self) -> float:
+        """The cache's clock, for what describes its entries."""
+        return self._clock.seconds()
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
@@ -207,15 +203,6 @@ class PolicyCache:
         assert self._loader is not None
         return self._loader.warm(batch)
 
-    def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
-        entry = self._by_domain[domain] = Entry(domain, state, now, used_at, self._admin)
-        if entry.verdict.note is not None:
-            # Quiet while the store is read: those were logged before the restart.
-            self._judged(entry, None, log=self.loaded)
-        self._settled(entry)
-        self._entries.track(entry, now)
-        return entry
-
     def current(self, domain: str) -> Entry | None:
         """
         The entry for a cached domain, brought up to date without I/O.
@@ -231,9 +218,7 @@ class PolicyCache:
         if now >= entry.due_at:
             self.revalidate(domain)
         if now >= entry.changes_at:
-            before = entry.verdict
-            entry.update(entry.state, now, self._admin)
-            self._judged(entry, before)
+            self._judge.redecide(entry, now)
             self._changed(domain)
             self._entries.track(entry, now)
         return entry
@@ -292,47 +277,38 @@ class PolicyCache:
         self._changed(domain)
         return True
 
-    @property
-    def admin(self) -> AdminPolicy:
-        return self._admin
-
-    def now(self) -> float:
-        """The cache's clock, for what describes its entries."""
-        return self._clock.seconds()
-
-    def set_admin(self, admin: AdminPolicy) -> None:
-        """
-        Judge by this administrator's policy from now on (start-up, reload).
-
-        Entries are re-decided lazily: each one's change time is reset, so
-        the next lookup (which the memo then lets through) re-decides it,
-        and an idle domain costs nothing.
-        """
-        if admin == self._admin:
-            return
-        self._admin = admin
-        for entry in self._by_domain.values():
-            entry.changes_at = 0.0
-
     def acknowledge(self, domain: str) -> Entry | None:
         """
         Accept a domain's current evidence as its policy from now on: the
         downgrade memory becomes what the evidence shows, and a held
-        downgrade is released.
+        downgrade is released.  None when the domain is not cached or its
+        evidence is TEMP.
         """
         entry = self._by_domain.get(domain)
         if entry is None:
             return None
-        now = self._clock.seconds()
-        evidence = decide(domain, entry.state, now)
-        if evidence.action is Action.TEMP:
+        state = self._judge.acknowledged(entry, self._clock.seconds())
+        if state is None:
             return None
-        memory, _ = remember(None, evidence, entry.state, self._admin, now)
-        self._emit(acknowledgement(domain, memory, entry.state.memory))
-        self._apply(entry, replace(entry.state, memory=memory))
+        self._apply(entry, state)
         if self._store is not None:
             self._store.put(domain, entry.state, entry.used_at)
         return entry
+
+    def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
+        # Quiet while the store is read: its notes were logged before the restart.
+        entry = self._by_domain[domain] = self._judge.entry(
+            domain, state, now, used_at, log=self._entries.loaded)
+        self._settled(entry)
+        self._entries.track(entry, now)
+        return entry
+
+    def _apply(self, entry: Entry, state: DomainState) -> None:
+        now = self._clock.seconds()
+        self._judge.apply(entry, state, now)
+        self._changed(entry.domain)
+        self._settled(entry)
+        self._entries.track(entry, now)
 
     def _evaluate(self, domain: str) -> Deferred[Entry]:
         entry = self._by_domain.get(domain)
@@ -347,10 +323,10 @@ class PolicyCache:
         entry = self._by_domain.get(domain)
         if state is None:
             if entry is None:
-                return Entry(domain, DomainState(), now, now, self._admin)
+                return Entry(domain, DomainState(), now, now, self._judge.admin)
             self._settled(entry)
             return entry
-        state = self._remember(domain, entry, state, now)
+        state = self._judge.with_memory(domain, entry, state, now)
         if entry is None:
             entry = self._insert(domain, state, now, now)
             self._changed(domain)
@@ -359,21 +335,6 @@ class PolicyCache:
         if self._store is not None:
             self._store.put(domain, state, entry.used_at)
         return entry
-
-    def _apply(self, entry: Entry, state: DomainState) -> None:
-        now = self._clock.seconds()
-        before = entry.verdict
-        entry.update(state, now, self._admin)
-        after = entry.verdict
-        self._judged(entry, before)
-        if before.action is not after.action:
-            if weaker(before.action, after.action):
-                self.downgrades += 1
-                self._metrics.downgrades.inc()
-            self._emit(verdict_change(before, after))
-        self._changed(entry.domain)
-        self._settled(entry)
-        self._entries.track(entry, now)
 
     def _busy(self, domain: str) -> bool:
         """Whether a domain is under evaluation or lease: not to be evicted."""
@@ -384,39 +345,6 @@ class PolicyCache:
             listener(entry)
         self._changed(entry.domain)
 
-    def _judge_first(self, verdict: Verdict) -> Verdict:
-        """A first answer, by the administrator's policy too (minimums)."""
-        verdict, _ = judge(verdict, None, self._admin, self._clock.seconds())
-        return verdict
-
-    def _remember(self, domain: str, entry: Entry | None, state: DomainState,
-                  now: float) -> DomainState:
-        """Carry the downgrade memory into a newly evaluated state."""
-        prior = entry.state.memory if entry is not None else None
-        if prior is None and self._admin.downgrade == "off":
-            return state
-        evidence = decide(domain, state, now)
-        memory, outcome = remember(prior, evidence, state, self._admin, now)
-        if outcome == WITHDRAWN and prior is not None:
-            self._metrics.guard.inc(WITHDRAWN)
-            self._emit(withdrawal(prior, evidence, memory))
-        return state if memory is state.memory else replace(state, memory=memory)
-
-    def _judged(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:
-        """Log and count what the administrator's policy changed, once per change."""
-        counted, reports = noted(before, entry.verdict, entry.state, self._admin,
-                                 self._clock.seconds())
-        if counted == MINIMUM:
-            self._metrics.minimums.inc()
-        elif counted is not None:
-            self._metrics.guard.inc(counted)
-        if log:
-            for report in reports:
-                self._emit(report)
-
-    def _emit(self, report: Report) -> None:
-        (self._log.warn if report.warning else self._log.info)(report.format, **report.fields)
-
     def _changed(self, domain: str) -> None:
         for listener in self._change_listeners:
             listener(domain)
@@ -424,4 +352,3 @@ class PolicyCache:
     def _settled(self, entry: Entry) -> None:
         for listener in self._settled_listeners:
             listener(entry)
-
