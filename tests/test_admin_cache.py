@@ -22,7 +22,7 @@ from mxpolicyd.answers.control import ControlCommands
 from mxpolicyd.answers.exim import EximResponder
 from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.config.load import load, parse
 from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
@@ -361,7 +361,7 @@ class PendingTests(SynchronousTestCase):
     def test_pending_below_minimum_is_temp(self) -> None:
         """The answer at the lookup deadline is judged too: below the minimum it is TEMP."""
         clock = Clock()
-        cache = PolicyCache(clock, ScriptedEvaluator(), deadline=2.0)
+        cache = PolicyCache(clock, ScriptedEvaluator(), settings=CacheSettings(deadline=2.0))
         cache.set_admin(AdminPolicy(min_mx_level="mta-sts"))
         d = cache.lookup("slow.test")
         assert isinstance(d, Deferred)

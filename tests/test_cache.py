@@ -10,7 +10,7 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
@@ -86,7 +86,7 @@ class PolicyCacheTests(SynchronousTestCase):
         self.evaluator = ScriptedEvaluator()
         self.store = RecordingStore()
         self.cache = PolicyCache(self.clock, self.evaluator, self.store,
-                                 deadline=2.0, max_evaluations=2)
+                                 CacheSettings(deadline=2.0, max_evaluations=2))
         self.changes: list[str] = []
         self.cache.on_change(self.changes.append)
 
@@ -371,7 +371,7 @@ class FleetTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.evaluator = ScriptedEvaluator()
         self.store = SharedStore()
-        self.cache = PolicyCache(self.clock, self.evaluator, self.store, lease=60)
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store, CacheSettings(lease=60))
         self.cache.loaded = True
 
     def test_due_lookup_asks_for_the_lease(self) -> None:
@@ -447,7 +447,7 @@ class NegativeCapTests(SynchronousTestCase):
         self.store = RecordingStore()
         self.metrics = Metrics()
         self.cache = PolicyCache(self.clock, self.evaluator, self.store,
-                                 max_negative=3, metrics=self.metrics)
+                                 CacheSettings(max_negative=3), metrics=self.metrics)
         self.cache.loaded = True
         self.changes: list[str] = []
         self.cache.on_change(self.changes.append)
@@ -572,7 +572,7 @@ class NegativeCapWarmTests(SynchronousTestCase):
             store.rows[domain] = (negative(clock.seconds()), at)
         store.rows["p.test"] = (enforced(clock.seconds()), 1.0)
         cache = PolicyCache(
-            clock, ScriptedEvaluator(), store, max_negative=2,
+            clock, ScriptedEvaluator(), store, CacheSettings(max_negative=2),
             cooperator=Cooperator(scheduler=lambda f: clock.callLater(0, f)),
         )
         d = cache.warm(batch=2)
@@ -591,8 +591,8 @@ class WaitingBoundTests(SynchronousTestCase):
         self.evaluator = ScriptedEvaluator()
         self.metrics = Metrics()
         self.cache = PolicyCache(
-            self.clock, self.evaluator, None, max_evaluations=2, max_waiting=1,
-            pending=lambda domain: first_answer(domain, None, True), metrics=self.metrics,
+            self.clock, self.evaluator, None, CacheSettings(max_evaluations=2, max_waiting=1),
+            first_answer=lambda domain: first_answer(domain, None, True), metrics=self.metrics,
         )
 
     def test_beyond_the_queue_answered_at_once(self) -> None:
@@ -616,7 +616,8 @@ class WaitingBoundTests(SynchronousTestCase):
 
     def test_without_dane_notfound(self) -> None:
         """With only MTA-STS pending (DANE off), the answer beyond the queue is no policy."""
-        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0)
+        cache = PolicyCache(self.clock, self.evaluator, None,
+                            CacheSettings(max_evaluations=1, max_waiting=0))
         cache.lookup("a.test")
         verdict = cache.lookup("b.test")
         assert isinstance(verdict, Verdict)
@@ -625,8 +626,8 @@ class WaitingBoundTests(SynchronousTestCase):
 
     def test_free_slot_not_shed(self) -> None:
         """max_waiting 0 still evaluates while a slot is free."""
-        cache = PolicyCache(self.clock, self.evaluator, None, max_evaluations=1, max_waiting=0,
-                            metrics=self.metrics)
+        cache = PolicyCache(self.clock, self.evaluator, None,
+                            CacheSettings(max_evaluations=1, max_waiting=0), metrics=self.metrics)
         self.assertIsInstance(cache.lookup("a.test"), Deferred)
         self.assertEqual(self.metrics.shed.values, {})
 

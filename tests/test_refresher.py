@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.cache.refresher import Refresher
 from mxpolicyd.evidence.state import DomainState, StsState
 from mxpolicyd.evidence.sts import StsPolicy
@@ -43,9 +43,8 @@ class RefresherTests(SynchronousTestCase):
         self.evaluator = ScriptedEvaluator()
         self.store = FleetStore()
         self.cache = PolicyCache(
-            self.clock, self.evaluator, self.store, max_evaluations=100,
+            self.clock, self.evaluator, self.store, CacheSettings(max_evaluations=100, lease=60),
             cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
-            lease=60,
         )
         self.random = 0.5
         self.refresher = Refresher(
@@ -228,7 +227,8 @@ class EvictionTests(SynchronousTestCase):
         self.clock.advance(START)
         self.evaluator = ScriptedEvaluator()
         self.store = RecordingStore()
-        self.cache = PolicyCache(self.clock, self.evaluator, self.store, max_negative=2)
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store,
+                                 CacheSettings(max_negative=2))
         self.cache.loaded = True
         self.refresher = Refresher(self.clock, self.cache, concurrency=10,
                                    random=lambda: 0.0)

@@ -17,6 +17,7 @@ verdict is judged by the administrator's policy (L{mxpolicyd.cache.judging}).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -31,8 +32,36 @@ from mxpolicyd.cache.loading import StoreLoader
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
-from mxpolicyd.policy.verdict import Verdict, first_answer
+from mxpolicyd.policy import verdict
+from mxpolicyd.policy.verdict import Verdict
 from mxpolicyd.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """
+    The cache's bounds and times: the [lookup] settings and store.lease,
+    which mxpolicyd.config checks.
+    """
+
+    # How long a lookup waits for a domain's first evaluation.
+    deadline: float = 2.0
+    # Evaluations running at once.
+    max_evaluations: int = 100
+    # Evaluations waiting for a slot; beyond, a lookup of a new domain is
+    # answered at once as if its first evaluation had run out of time.
+    max_waiting: int = 1000
+    # Cached domains holding no policy (entries.holds_policy); beyond, the
+    # least recently used are evicted, from the store too.
+    max_negative: int = 100000
+    # How long this daemon holds a domain while it re-evaluates it for a
+    # fleet sharing the store.
+    lease: float = 60.0
+
+
+def _no_policy_yet(domain: str) -> Verdict:
+    """The first answer with DANE off: as if there were no policy."""
+    return verdict.first_answer(domain, None, False)
 
 
 class PolicyCache:
@@ -43,28 +72,17 @@ class PolicyCache:
         clock: IReactorTime,
         evaluator: DomainEvaluator,
         store: Store | None = None,
-        deadline: float = 2.0,
-        max_evaluations: int = 100,
-        pending: Callable[[str], Verdict] | None = None,
-        cooperator: Cooperator | None = None,
-        lease: float = 60.0,
+        settings: CacheSettings = CacheSettings(),
+        first_answer: Callable[[str], Verdict] = _no_policy_yet,
         metrics: Metrics | None = None,
-        max_negative: int = 100000,
-        max_waiting: int = 1000,
+        cooperator: Cooperator | None = None,
     ) -> None:
         """
-        @param pending: what to answer for a domain whose first evaluation
-            is still running at the deadline (by default: no policy).
+        @param first_answer: what to answer for a domain whose first
+            evaluation has not ended by the deadline (L{verdict.first_answer}
+            with what the evaluator knows of DANE so far).
         @param cooperator: runs the background load (Twisted's global one by
             default).
-        @param lease: how long this daemon holds a domain while it
-            re-evaluates it for a fleet sharing the store.
-        @param max_negative: how many domains holding no policy (see
-            L{mxpolicyd.cache.entries.holds_policy}) stay cached; beyond, the
-            least recently used are evicted, from the store too.
-        @param max_waiting: how many evaluations may wait for one of the
-            C{max_evaluations} slots; beyond, a lookup of a new domain is
-            answered at once as if its first evaluation had run out of time.
         """
         metrics = metrics or Metrics()
         self._clock = clock
@@ -73,20 +91,19 @@ class PolicyCache:
         self._settled_listeners: list[Callable[[Entry], None]] = []
         self._evicted_listeners: list[Callable[[Entry], None]] = []
         self._judge = EntryJudge(clock, metrics)
-        self._entries = Entries(clock, store, metrics, max_negative, self._busy,
+        self._entries = Entries(clock, store, metrics, settings.max_negative, self._busy,
                                 self._evicted)
         self._evaluations = Evaluations(
-            clock, evaluator, self._settle,
-            pending or (lambda domain: first_answer(domain, None, False)),
-            self._judge.first_answer, metrics,
-            deadline=deadline, max_evaluations=max_evaluations, max_waiting=max_waiting)
+            clock, evaluator, self._settle, first_answer, self._judge.first_answer, metrics,
+            deadline=settings.deadline, max_evaluations=settings.max_evaluations,
+            max_waiting=settings.max_waiting)
         self._loader: StoreLoader | None = None
         self._fleet: Fleet | None = None
         self._leasing: set[str] = set()
         if store is not None:
             self._loader = StoreLoader(clock, store, self._entries, self._insert, cooperator)
-            self._fleet = Fleet(clock, store, lease, self._entries.by_domain, self._evaluate,
-                                self._apply, self._settled)
+            self._fleet = Fleet(clock, store, settings.lease, self._entries.by_domain,
+                                self._evaluate, self._apply, self._settled)
             self._leasing = self._fleet.leasing
         # Read by the lookup path (current, revalidate) without going
         # through the parts: the table, the domains under evaluation, and
@@ -95,12 +112,12 @@ class PolicyCache:
         self._in_flight = self._evaluations.in_flight
         self._full = self._evaluations.full
 
-    def set_evaluator(self, evaluator: DomainEvaluator, pending: Callable[[str], Verdict],
+    def set_evaluator(self, evaluator: DomainEvaluator, first_answer: Callable[[str], Verdict],
                       deadline: float) -> None:
-        """Evaluate with these settings from now on (a reload)."""
+        """Evaluate with these from now on (a reload)."""
         evaluations = self._evaluations
         evaluations.evaluator = evaluator
-        evaluations.first_answer = pending
+        evaluations.first_answer = first_answer
         evaluations.deadline = deadline
 
     def set_bounds(self, max_negative: int, max_waiting: int) -> None:
