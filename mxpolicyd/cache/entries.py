@@ -45,23 +45,44 @@ def holds_policy(state: DomainState, now: float) -> bool:
 
 
 class Entry:
-    """One cached domain.  Mutable, updated in place on re-evaluation."""
+    """
+    One cached domain: its evidence, the verdict decided from it, and the
+    times the lookup path compares.  Mutable, updated in place on
+    re-evaluation, so that the responders' memo keeps pointing at it.
+    """
 
     __slots__ = (
-        "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresh_at",
+        "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresher_bucket",
     )
+
+    domain: str
+    state: DomainState
+    verdict: Verdict
+    # When the evidence should be checked again (stale-while-revalidate).
+    due_at: float
+    # When the verdict changes with no new evidence: a policy or an
+    # administrator's entry running out, the downgrade memory ageing out.
+    changes_at: float
+    # The last lookup: the refresher's window and the eviction order.
+    used_at: float
+    # The refresher's, not the cache's: the second of the refresher's wheel
+    # bucket that lists this domain, 0 when none does; a domain listed in
+    # an older bucket as well has been rescheduled since.  Kept here because
+    # a slot costs 8 bytes a domain where a dict in the refresher would cost
+    # about 100 (a million domains at ~800 bytes each is the scale target).
+    refresher_bucket: int
 
     def __init__(self, domain: str, state: DomainState, now: float, used_at: float,
                  admin: AdminPolicy = NO_ADMIN) -> None:
         self.domain = domain
         self.used_at = used_at
-        # The refresher's bookkeeping: the second it is scheduled for.
-        self.refresh_at = 0
+        self.refresher_bucket = 0
         self.update(state, now, admin)
 
     def update(self, state: DomainState, now: float, admin: AdminPolicy = NO_ADMIN) -> None:
+        """Decide again from C{state}, as the administrator's policy has it."""
         self.state = state
-        self.verdict: Verdict = decide(self.domain, state, now)
+        self.verdict = decide(self.domain, state, now)
         self.due_at = state.due_at
         self.changes_at = state.changes_at(now)
         if not admin.neutral:
