@@ -1,7 +1,8 @@
 """
 Tests for L{mxpolicyd.cache.judging}: the administrator's policy applied to
-cached entries, counted and logged (tests/test_admin_cache.py drives it
-through the cache and the answers).
+cached entries, counted and logged, on its own and through the cache
+(tests/test_admin_cache.py drives it from the answers and the control
+commands).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.judging import EntryJudge
+from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState, Remembered
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
 from mxpolicyd.policy.verdict import Action, first_answer
 
 from .test_admin_cache import dane_only, dane_temp, enforced, insecure, withdrawn_tlsa
+from .test_cache import ScriptedEvaluator
 
 D = "example.test"
 
@@ -112,3 +116,64 @@ class EntryJudgeTests(SynchronousTestCase):
         self.judge.admin = AdminPolicy(min_mx_level="mta-sts")
         verdict = self.judge.first_answer(first_answer(D, None, False))
         self.assertEqual(verdict.action, Action.TEMP)
+
+
+class DowngradeTests(SynchronousTestCase):
+    """Re-evaluations through the cache: a weaker verdict is warned about and counted."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.metrics = Metrics()
+        self.cache = PolicyCache(self.clock, self.evaluator, None, metrics=self.metrics)
+        self.cache.load([("example.test", enforced(self.clock.seconds()))])
+        self.events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def reevaluate(self, state: DomainState) -> None:
+        self.evaluator.immediate = state
+        self.cache.revalidate("example.test")
+
+    def downgrades(self) -> float:
+        return self.metrics.downgrades.values.get((), 0)
+
+    def test_weaker_verdict_counted_and_warned(self) -> None:
+        """enforce -> none is a downgrade: a warning with both rules, and a count."""
+        self.reevaluate(DomainState())
+        self.assertEqual(self.downgrades(), 1)
+        warnings = [e for e in self.events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        text = formatEvent(warnings[0])
+        self.assertIn("weakened from sts-enforce to none", text)
+        self.assertIn("MTA-STS policy in enforce mode", text)
+
+    def test_stronger_verdict_not_counted(self) -> None:
+        """enforce -> dane-only is no downgrade."""
+        now = self.clock.seconds()
+        self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
+                                                              checked_at=now, due_at=now + 60)))
+        self.assertEqual(self.downgrades(), 0)
+
+    def test_temp_not_counted(self) -> None:
+        """A temporary failure is not a downgrade of the domain's policy."""
+        now = self.clock.seconds()
+        self.reevaluate(replace(enforced(now), dane=DaneState(DaneStatus.TEMP, "timeout",
+                                                              checked_at=now, due_at=now + 60)))
+        self.assertEqual(self.downgrades(), 0)
+
+    def test_testing_to_none_is_a_change(self) -> None:
+        """testing -> none is no downgrade (testing counts as no policy): logged at info, not counted."""
+        now = self.clock.seconds()
+        self.reevaluate(enforced(now, mode="testing"))
+        self.assertEqual(self.downgrades(), 1)
+        self.events.clear()
+        self.reevaluate(DomainState())
+        self.assertEqual(self.downgrades(), 1)
+        changes = [(e["log_level"], formatEvent(e)) for e in self.events
+                   if "Verdict for" in str(e.get("log_format"))]
+        self.assertEqual(changes, [(LogLevel.info,
+                                    "Verdict for example.test changed from sts-testing to none: "
+                                    "no MTA-STS record and no cached policy "
+                                    "(was: MTA-STS policy in testing mode)")])

@@ -1,6 +1,6 @@
 """
 Tests for L{mxpolicyd.cache.loading}: reading the store at start-up and on
-a miss, on their own (tests/test_cache.py drives them through the cache).
+a miss, on its own and through the cache.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.entries import Entries, Entry
 from mxpolicyd.cache.loading import StoreLoader
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.verdict import Action
 from mxpolicyd.store.base import Stored
 
-from .test_cache import RecordingStore, enforced, negative
+from .test_cache import RecordingStore, ScriptedEvaluator, enforced, negative
 
 
 class SlowStore(RecordingStore):
@@ -118,3 +120,80 @@ class StoreLoaderTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.inserted, [])
+
+
+class WarmUpTests(SynchronousTestCase):
+    """Start-up: the store is read in the background; misses meanwhile read one row."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        for i in range(10):
+            self.store.rows["d%d.test" % i] = (enforced(self.clock.seconds()), 900.0)
+        self.cache = PolicyCache(
+            self.clock, self.evaluator, self.store,
+            cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
+        )
+
+    def test_warm(self) -> None:
+        """warm() loads every stored domain, keeps its last use, then marks the cache loaded."""
+        d = self.cache.warm(batch=3)
+        self.assertFalse(self.cache.loaded)
+        while not d.called:
+            self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 10)
+        self.assertTrue(self.cache.loaded)
+        entry = self.cache.get("d7.test")
+        assert entry is not None
+        self.assertEqual(entry.used_at, 900.0)
+        self.assertEqual(self.evaluator.calls, [])
+
+    def test_lookup_before_loaded(self) -> None:
+        """A stored domain asked for before its batch arrives is read alone, not evaluated."""
+        self.cache.warm(batch=3)
+        d = self.cache.lookup("d9.test")
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
+        self.assertEqual(self.store.gets, ["d9.test"])
+        self.assertEqual(self.evaluator.calls, [])
+
+    def test_unknown_before_loaded(self) -> None:
+        """A domain not in the store is evaluated as usual during the load."""
+        self.cache.warm(batch=3)
+        d = self.cache.lookup("new.test")
+        assert isinstance(d, Deferred)
+        self.assertEqual(len(self.evaluator.calls), 1)
+
+    def test_evaluated_state_not_overwritten(self) -> None:
+        """A domain evaluated during the load keeps its new state when its batch arrives."""
+        d = self.cache.warm(batch=100)
+        self.evaluator.immediate = DomainState()
+        self.cache.revalidate("d3.test")
+        while not d.called:
+            self.clock.advance(0)
+        entry = self.cache.get("d3.test")
+        assert entry is not None
+        self.assertEqual(entry.verdict.action, Action.NONE)
+
+
+class NegativeCapWarmTests(SynchronousTestCase):
+    def test_load_evicts_by_last_use(self) -> None:
+        """Rows read at start-up (in name order) are evicted by last use, after the load."""
+        clock = Clock()
+        clock.advance(10000)
+        store = RecordingStore()
+        used = {"a.test": 500.0, "b.test": 900.0, "c.test": 100.0, "d.test": 700.0}
+        for domain, at in used.items():
+            store.rows[domain] = (negative(clock.seconds()), at)
+        store.rows["p.test"] = (enforced(clock.seconds()), 1.0)
+        cache = PolicyCache(
+            clock, ScriptedEvaluator(), store, CacheSettings(max_negative=2),
+            cooperator=Cooperator(scheduler=lambda f: clock.callLater(0, f)),
+        )
+        d = cache.warm(batch=2)
+        while not d.called:
+            clock.advance(0)
+        self.assertEqual(sorted(cache.domains()), ["b.test", "d.test", "p.test"])
+        self.assertEqual(sorted(store.deleted), ["a.test", "c.test"])
