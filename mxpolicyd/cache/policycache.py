@@ -31,8 +31,8 @@ from mxpolicyd.cache.judging import EntryJudge
 from mxpolicyd.cache.loading import StoreLoader
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
-from mxpolicyd.policy.admin import AdminPolicy
 from mxpolicyd.policy import verdict
+from mxpolicyd.policy.admin import AdminPolicy
 from mxpolicyd.policy.verdict import Verdict
 from mxpolicyd.store.base import Store
 
