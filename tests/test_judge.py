@@ -411,6 +411,13 @@ class WeakerTests(SynchronousTestCase):
             self.assertFalse(weaker(action, Action.TEMP))
             self.assertFalse(weaker(Action.TEMP, action))
 
+    def test_weaker_than_memory(self) -> None:
+        """A remembered action (its stored text) compares as the action itself."""
+        self.assertTrue(weaker("sts-enforce", Action.STS_TESTING))
+        self.assertTrue(weaker("dane-only", Action.DANE))
+        self.assertFalse(weaker("dane", Action.DANE))
+        self.assertFalse(weaker("dane", Action.TEMP))
+
 
 class ReportTests(SynchronousTestCase):
     """The wording of what the cache logs about the decisions."""

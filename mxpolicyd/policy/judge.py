@@ -68,12 +68,17 @@ def strength(action: Action | str) -> int:
     return STRENGTH.get(action, 0)
 
 
-def weaker(before: Action, after: Action) -> bool:
+def weaker(before: Action | str, after: Action | str) -> bool:
     """
-    Whether a verdict changing from C{before} to C{after} is a downgrade of
-    the domain's policy, by L{STRENGTH}.  TEMP is neither weaker nor
-    stronger than anything.
+    Whether a verdict changing from C{before} to C{after} (remembered, or
+    answered) is a downgrade of the domain's policy, by L{STRENGTH}: what
+    the guard, the memory and the cache's "weakened" log line all ask.
+    TEMP is neither weaker nor stronger than anything.
     """
+    if isinstance(before, str):
+        before = _BY_VALUE[before]
+    if isinstance(after, str):
+        after = _BY_VALUE[after]
     if before is Action.TEMP or after is Action.TEMP:
         return False
     return strength(after) < strength(before)
@@ -153,7 +158,7 @@ def remember(
     fresh = Remembered(evidence.action.value, now) if new > 0 else None
     if memory is None or now >= memory.seen_at + admin.memory:
         return fresh, ""
-    if new >= strength(memory.action):
+    if not weaker(memory.action, evidence.action):
         return fresh, ""
     if withdrawn(memory, state, now):
         return fresh, WITHDRAWN
@@ -192,9 +197,8 @@ def judge(
 
     memory = state.memory if state is not None else None
     if (admin.downgrade != "off" and memory is not None
-            and evidence.action is not Action.TEMP
             and now < memory.seen_at + admin.memory
-            and strength(evidence.action) < strength(memory.action)
+            and weaker(memory.action, evidence.action)
             and state is not None and not withdrawn(memory, state, now)):
         ages_out = memory.seen_at + admin.memory
         until = min(until, ages_out)
