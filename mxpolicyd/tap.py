@@ -28,7 +28,7 @@ from twisted.web.server import Site
 from mxpolicyd.answers.control import ControlCommands
 from mxpolicyd.answers.exim import EximResponder
 from mxpolicyd.answers.postfix import PostfixResponder
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.cache.refresher import Refresher
 from mxpolicyd.config.expiry import ExpiryWatch
 from mxpolicyd.config.load import Config, ConfigError, load
@@ -263,13 +263,15 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         reactor,
         evaluator,
         store,
-        deadline=config.lookup.deadline,
-        max_evaluations=config.lookup.max_evaluations,
-        pending=first_answers(evaluator),
-        lease=config.store.lease,
+        CacheSettings(
+            deadline=config.lookup.deadline,
+            max_evaluations=config.lookup.max_evaluations,
+            max_waiting=config.lookup.max_waiting,
+            max_negative=config.lookup.max_negative,
+            lease=config.store.lease,
+        ),
+        first_answer=first_answers(evaluator),
         metrics=metrics,
-        max_negative=config.lookup.max_negative,
-        max_waiting=config.lookup.max_waiting,
     )
     responder = PostfixResponder(reactor, cache, config.profiles, metrics=metrics)
     cache.set_admin(config.admin)

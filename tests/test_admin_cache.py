@@ -15,14 +15,14 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.control import ControlCommands
 from mxpolicyd.answers.exim import EximResponder
 from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.config.load import load, parse
 from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
@@ -93,7 +93,8 @@ class AdminCacheCase(SynchronousTestCase):
         self.cache = PolicyCache(self.clock, self.evaluator, self.store, metrics=self.metrics)
         self.cache.set_admin(AdminPolicy(downgrade=self.mode))
         self.events: list[dict[str, Any]] = []
-        self.cache._log = Logger(observer=self.events.append)  # type: ignore[misc]
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.responder = PostfixResponder(self.clock, self.cache, BUILTIN_PROFILES,
                                           metrics=self.metrics)
         self.commands = ControlCommands(self.cache)
@@ -122,7 +123,7 @@ class EnforceTests(AdminCacheCase):
         """dane-only then insecure: TEMP (warned once) until "cache ack", which persists the new memory."""
         self.evaluate(dane_only(self.clock.seconds()))
         self.assertEqual(self.ask(), b"OK dane-only")
-        self.assertEqual(self.store.rows[D][0].best,
+        self.assertEqual(self.store.rows[D][0].memory,
                          Remembered("dane-only", self.clock.seconds()))
         self.clock.advance(100)
         self.evaluate(insecure(self.clock.seconds()))
@@ -148,7 +149,7 @@ class EnforceTests(AdminCacheCase):
         self.assertTrue(reply_ack["acknowledged"])
         self.assertEqual(reply_ack["action"], "none")
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
         self.assertTrue(any("Downgrade hold for example.test ended" in line
                             for line in self.logged(LogLevel.info)))
 
@@ -163,7 +164,7 @@ class EnforceTests(AdminCacheCase):
         self.assertIn("temporarily unknown", reply["error"])
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", self.clock.seconds()))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", self.clock.seconds()))
 
     def test_memory_ages_out(self) -> None:
         """A held downgrade ends when the remembered verdict ages out, with no new evaluation."""
@@ -182,7 +183,7 @@ class EnforceTests(AdminCacheCase):
         self.evaluate(dane_only(self.clock.seconds()))
         self.evaluate(withdrawn_tlsa(self.clock.seconds()))
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
         self.assertEqual(self.metrics.guard.values, {("withdrawn",): 1})
         self.assertTrue(any("withdrawn by the domain" in line
                             for line in self.logged(LogLevel.info)))
@@ -213,7 +214,7 @@ class EnforceTests(AdminCacheCase):
         self.evaluate(dane_temp(self.clock.seconds()))
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", seen))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", seen))
 
 
 class WarnTests(AdminCacheCase):
@@ -231,7 +232,7 @@ class WarnTests(AdminCacheCase):
         self.assertEqual(self.metrics.guard.values, {("warned",): 1})
         entry = self.cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best and entry.state.best.action, "sts-enforce")
+        self.assertEqual(entry.state.memory and entry.state.memory.action, "sts-enforce")
 
 
 class OffTests(AdminCacheCase):
@@ -242,7 +243,7 @@ class OffTests(AdminCacheCase):
         self.evaluate(dane_only(self.clock.seconds()))
         self.evaluate(insecure(self.clock.seconds()))
         self.assertEqual(self.ask(), b"NOTFOUND ")
-        self.assertIsNone(self.store.rows[D][0].best)
+        self.assertIsNone(self.store.rows[D][0].memory)
 
 
 def synchronous(f: Any, *args: Any) -> Deferred[Any]:
@@ -277,7 +278,7 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(cache.warm()), 1)
         entry = cache.get(D)
         assert entry is not None
-        self.assertEqual(entry.state.best, Remembered("dane-only", clock.seconds()))
+        self.assertEqual(entry.state.memory, Remembered("dane-only", clock.seconds()))
         evaluator.immediate = insecure(clock.seconds())
         self.successResultOf(cache.refresh(D))
         self.assertEqual(entry.verdict.action, Action.TEMP)
@@ -360,7 +361,7 @@ class PendingTests(SynchronousTestCase):
     def test_pending_below_minimum_is_temp(self) -> None:
         """The answer at the lookup deadline is judged too: below the minimum it is TEMP."""
         clock = Clock()
-        cache = PolicyCache(clock, ScriptedEvaluator(), deadline=2.0)
+        cache = PolicyCache(clock, ScriptedEvaluator(), settings=CacheSettings(deadline=2.0))
         cache.set_admin(AdminPolicy(min_mx_level="mta-sts"))
         d = cache.lookup("slow.test")
         assert isinstance(d, Deferred)
@@ -427,7 +428,7 @@ class ExplainOutputTests(SynchronousTestCase):
         rule = AdminRule(D, 'domain."example.test"', subdomains=True, postfix="encrypt",
                          expires=now + DAY, expires_text="2030-01-01")
         policy = AdminPolicy(downgrade="enforce", min_tls_level="encrypted", rules={D: rule})
-        state = DomainState(sts=checked(now), best=Remembered("sts-enforce", now - 10))
+        state = DomainState(sts=checked(now), memory=Remembered("sts-enforce", now - 10))
         evidence = decide(D, state, now)
         verdict, _ = judge(evidence, state, policy, now)
         out = io.StringIO()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
@@ -24,10 +25,16 @@ from mxpolicyd.policy.judge import (
     WEAKER,
     WITHDRAWN,
     Levels,
+    Report,
+    acknowledgement,
     administration,
     judge,
     levels,
+    noted,
     remember,
+    verdict_change,
+    weaker,
+    withdrawal,
     withdrawn,
 )
 from mxpolicyd.policy.verdict import Action, Verdict, decide
@@ -56,8 +63,8 @@ def sts(policy: StsPolicy | None = ENFORCE, expires: float = NOW + DAY) -> StsSt
 
 
 def state(sts_state: StsState | None = None, dane_state: DaneState | None = None,
-          best: Remembered | None = None) -> DomainState:
-    return DomainState(sts=sts_state or StsState(), dane=dane_state, best=best)
+          memory: Remembered | None = None) -> DomainState:
+    return DomainState(sts=sts_state or StsState(), dane=dane_state, memory=memory)
 
 
 STATES = {
@@ -85,9 +92,9 @@ def admin(**kw: object) -> AdminPolicy:
     return AdminPolicy(**kw)  # type: ignore[arg-type]
 
 
-def judged(name: str, policy: AdminPolicy, best: Remembered | None = None,
+def judged(name: str, policy: AdminPolicy, memory: Remembered | None = None,
            now: float = NOW) -> tuple[Verdict, float]:
-    s = replace(STATES[name], best=best)
+    s = replace(STATES[name], memory=memory)
     return judge(decide(D, s, now), s, policy, now)
 
 
@@ -273,15 +280,26 @@ class MemoryTests(SynchronousTestCase):
 
     def test_remembered_json(self) -> None:
         """The memory round-trips through the stored JSON; rows without it still load."""
-        s = state(sts(), best=Remembered("dane-only", 12.5))
+        s = state(sts(), memory=Remembered("dane-only", 12.5))
         data = s.to_json()
-        self.assertEqual(data["best"], {"action": "dane-only", "seen_at": 12.5})
+        self.assertEqual(data["memory"], {"action": "dane-only", "seen_at": 12.5})
+        self.assertNotIn("best", data)
         self.assertEqual(DomainState.from_json(data), s)
-        del data["best"]
-        self.assertIsNone(DomainState.from_json(data).best)
+        del data["memory"]
+        self.assertIsNone(DomainState.from_json(data).memory)
         for bad in ({"action": "sts-testing", "seen_at": 1}, {"action": "dane"}, [1],
                     {"action": "dane", "seen_at": True}):
+            self.assertRaises(ValueError, DomainState.from_json, dict(data, memory=bad))
             self.assertRaises(ValueError, DomainState.from_json, dict(data, best=bad))
+
+    def test_remembered_json_of_0_1_0(self) -> None:
+        """A state written by 0.1.0 keeps its memory under the old key "best"; the new key wins."""
+        data = state(sts()).to_json()
+        data["best"] = {"action": "sts-enforce", "seen_at": 7.0}
+        self.assertEqual(DomainState.from_json(data).memory, Remembered("sts-enforce", 7.0))
+        data["memory"] = {"action": "dane", "seen_at": 9.0}
+        self.assertEqual(DomainState.from_json(data).memory, Remembered("dane", 9.0))
+        self.assertEqual(set(DomainState.from_json(data).to_json()), {"v", "sts", "memory"})
 
 
 POSTFIX = BUILTIN_PROFILES["postfix"]
@@ -361,7 +379,7 @@ class AdministrationTests(SynchronousTestCase):
         """explain and cache show get levels, the entry, minimums and the memory."""
         policy = admin(downgrade="enforce", min_mx_level="mta-sts", rules={
             D: entry(postfix="encrypt", expires=NOW + DAY, expires_text="2030-01-01")})
-        s = replace(STATES["nothing-unsigned"], best=REMEMBER["dane-only"])
+        s = replace(STATES["nothing-unsigned"], memory=REMEMBER["dane-only"])
         verdict, _ = judge(decide(D, s, NOW), s, policy, NOW)
         data = administration(decide(D, s, NOW), s, verdict, policy, NOW)
         self.assertEqual((data["evidence"], data["mx_level"], data["tls_level"]),
@@ -374,3 +392,102 @@ class AdministrationTests(SynchronousTestCase):
                                               "until": NOW + 29 * DAY})
         self.assertTrue(data["held"])
         self.assertIn("policy downgrade from dane-only to none held", data["note"])
+
+
+def text(report: Report) -> str:
+    """A report as twisted.logger would write it."""
+    return formatEvent(dict(report.fields, log_format=report.format))
+
+
+class WeakerTests(SynchronousTestCase):
+    def test_weaker_table(self) -> None:
+        """A downgrade is a step down dane-only > dane > sts-enforce > testing or none; TEMP is never one."""
+        order = [Action.DANE_ONLY, Action.DANE, Action.STS_ENFORCE, Action.STS_TESTING, Action.NONE]
+        for i, before in enumerate(order):
+            for j, after in enumerate(order):
+                expected = j > i and before is not Action.STS_TESTING
+                self.assertEqual(weaker(before, after), expected, (before, after))
+        for action in order:
+            self.assertFalse(weaker(action, Action.TEMP))
+            self.assertFalse(weaker(Action.TEMP, action))
+
+    def test_weaker_than_memory(self) -> None:
+        """A remembered action (its stored text) compares as the action itself."""
+        self.assertTrue(weaker("sts-enforce", Action.STS_TESTING))
+        self.assertTrue(weaker("dane-only", Action.DANE))
+        self.assertFalse(weaker("dane", Action.DANE))
+        self.assertFalse(weaker("dane", Action.TEMP))
+
+
+class ReportTests(SynchronousTestCase):
+    """The wording of what the cache logs about the decisions."""
+
+    def test_verdict_change(self) -> None:
+        """A weaker verdict is a warning that says "weakened"; any other change is info."""
+        report = verdict_change(evidence("enforce"), evidence("nothing"))
+        self.assertTrue(report.warning)
+        self.assertEqual(text(report), "Verdict for example.test weakened from sts-enforce to none: "
+                         "no MTA-STS record and no cached policy (was: MTA-STS policy in enforce mode)")
+        report = verdict_change(evidence("testing"), evidence("nothing"))
+        self.assertFalse(report.warning)
+        self.assertIn("changed from sts-testing to none", text(report))
+        self.assertFalse(verdict_change(evidence("enforce"), evidence("temp")).warning)
+
+    def test_noted_minimum(self) -> None:
+        """A minimum newly not reached is counted and warned once; the same note again is nothing."""
+        policy = admin(min_mx_level="dnssec")
+        after, _ = judged("enforce", policy)
+        counted, reports = noted(evidence("enforce"), after, STATES["enforce"], policy, NOW)
+        self.assertEqual(counted, MINIMUM)
+        self.assertEqual([(r.warning, text(r)) for r in reports], [
+            (True, "example.test answered TEMP: policy.min_mx_level = dnssec not reached: "
+                   "MX level mta-sts; the evidence: MTA-STS policy in enforce mode")])
+        self.assertEqual(noted(after, after, STATES["enforce"], policy, NOW), (None, []))
+
+    def test_noted_held_and_ended(self) -> None:
+        """A held downgrade names the ack command and when the memory ages out; its end is info."""
+        policy = admin(downgrade="enforce")
+        memory = REMEMBER["dane-only"]
+        s = replace(STATES["nothing-unsigned"], memory=memory)
+        held, _ = judged("nothing-unsigned", policy, memory)
+        counted, reports = noted(None, held, s, policy, NOW)
+        self.assertEqual(counted, HELD)
+        self.assertEqual(len(reports), 1)
+        self.assertTrue(reports[0].warning)
+        self.assertEqual(
+            text(reports[0]),
+            "Policy of example.test weakened from dane-only to none "
+            "(no MTA-STS record and no cached policy); policy.downgrade = enforce: answering "
+            'TEMP until an administrator runs "mxpolicyd cache ack example.test" or the '
+            "remembered dane-only ages out on 1970-05-25 17:46:40 UTC")
+        free = evidence("nothing-unsigned")
+        counted, reports = noted(held, free, STATES["nothing-unsigned"], policy, NOW)
+        self.assertIsNone(counted)
+        self.assertEqual([(r.warning, text(r)) for r in reports], [
+            (False, "Downgrade hold for example.test ended; answering none "
+                    "(no MTA-STS record and no cached policy)")])
+
+    def test_noted_warned(self) -> None:
+        """With downgrade = warn the line says the mail goes out with the weaker policy."""
+        policy = admin(downgrade="warn")
+        memory = REMEMBER["sts-enforce"]
+        warned, _ = judged("nothing", policy, memory)
+        counted, reports = noted(evidence("enforce"), warned,
+                                 replace(STATES["nothing"], memory=memory), policy, NOW)
+        self.assertEqual(counted, WARNED)
+        self.assertIn("weakened from sts-enforce to none", text(reports[0]))
+        self.assertIn("policy.downgrade = warn: mail goes out with the weaker policy",
+                      text(reports[0]))
+
+    def test_withdrawal_and_acknowledgement(self) -> None:
+        """The withdrawal and ack lines name what was remembered and what is now."""
+        self.assertEqual(
+            text(withdrawal(REMEMBER["sts-enforce"], evidence("mode-none"), None)),
+            "The sts-enforce policy of example.test was withdrawn by the domain "
+            "(MTA-STS policy in mode none); accepted as a legitimate change, "
+            "remembering nothing from now")
+        self.assertEqual(
+            text(acknowledgement(D, REMEMBER["dane"], REMEMBER["dane-only"])),
+            "Administrator acknowledged the policy of example.test: remembering dane "
+            "(was dane-only)")
+        self.assertFalse(acknowledgement(D, None, None).warning)

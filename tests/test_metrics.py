@@ -18,6 +18,8 @@ from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
 from mxpolicyd.cache.policycache import PolicyCache
 from mxpolicyd.config.load import load
+from mxpolicyd.evidence.evaluator import Evaluator
+from mxpolicyd.evidence.sts_discovery import StsEvaluator
 from mxpolicyd.ops.metrics import Counter, Histogram, Metrics, MetricsResource
 from mxpolicyd.tap import Daemon, build_evaluator
 
@@ -153,10 +155,11 @@ class CountingTests(EnforceWorld):
     def test_evaluations_and_failures(self) -> None:
         """Evaluations are counted, and failures by kind."""
         metrics = Metrics()
-        self.cache._metrics = metrics
+        cache = PolicyCache(self.clock, Evaluator(StsEvaluator(self.clock, self.resolver,
+                                                               self.fetcher)), metrics=metrics)
         self.resolver.fail("_mta-sts.dead.test")
-        self.cache.lookup("example.test")
-        self.cache.lookup("dead.test")
+        cache.lookup("example.test")
+        cache.lookup("dead.test")
         self.assertEqual(metrics.evaluations.values, {(): 2})
         self.assertEqual(metrics.failures.values, {("mta_sts_dns",): 1})
 

@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.cache.refresher import Refresher
 from mxpolicyd.evidence.state import DomainState, StsState
 from mxpolicyd.evidence.sts import StsPolicy
@@ -43,9 +43,8 @@ class RefresherTests(SynchronousTestCase):
         self.evaluator = ScriptedEvaluator()
         self.store = FleetStore()
         self.cache = PolicyCache(
-            self.clock, self.evaluator, self.store, max_evaluations=100,
+            self.clock, self.evaluator, self.store, CacheSettings(max_evaluations=100, lease=60),
             cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
-            lease=60,
         )
         self.random = 0.5
         self.refresher = Refresher(
@@ -95,12 +94,12 @@ class RefresherTests(SynchronousTestCase):
             self.warm({domain: (1000, 0)})
             entry = self.cache.get(domain)
             assert entry is not None
-            self.assertEqual(entry.refresh_at, START + 1000 - early)
+            self.assertEqual(entry.refresher_bucket, START + 1000 - early)
         self.random = 1.0
         self.warm({"far.test": (DAY, 0)})
         far = self.cache.get("far.test")
         assert far is not None
-        self.assertEqual(far.refresh_at, START + DAY - 300)
+        self.assertEqual(far.refresher_bucket, START + DAY - 300)
 
     def test_refreshed_before_due(self) -> None:
         """A regularly used domain is refreshed before a lookup would find it stale."""
@@ -120,7 +119,7 @@ class RefresherTests(SynchronousTestCase):
         self.refresher._random = lambda: next(values)
         self.warm({"a.test": (-10, 0), "b.test": (-10, 0), "c.test": (-10, 0)})
         self.assertEqual(self.evaluated(), ["a.test"])
-        times = sorted(e.refresh_at for e in map(self.cache.get, ["b.test", "c.test"]) if e)
+        times = sorted(e.refresher_bucket for e in map(self.cache.get, ["b.test", "c.test"]) if e)
         self.assertEqual(times, [now + 15, now + 60])
 
     def test_concurrency_bound(self) -> None:
@@ -208,7 +207,7 @@ class RefresherTests(SynchronousTestCase):
         assert entry is not None
         self.assertEqual(entry.due_at, START + 160)
         # Refreshed early by the usual random lead: 0.5 * 10% of 60 s.
-        self.assertEqual(entry.refresh_at, START + 157)
+        self.assertEqual(entry.refresher_bucket, START + 157)
         self.store.held.clear()
         self.clock.advance(57)
         self.assertEqual(self.evaluated(), ["a.test"])
@@ -228,7 +227,8 @@ class EvictionTests(SynchronousTestCase):
         self.clock.advance(START)
         self.evaluator = ScriptedEvaluator()
         self.store = RecordingStore()
-        self.cache = PolicyCache(self.clock, self.evaluator, self.store, max_negative=2)
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store,
+                                 CacheSettings(max_negative=2))
         self.cache.loaded = True
         self.refresher = Refresher(self.clock, self.cache, concurrency=10,
                                    random=lambda: 0.0)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mxpolicyd.answers.exim import EximResponder
 from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.evaluator import Evaluator
 from mxpolicyd.evidence.sts_discovery import StsEvaluator
 from mxpolicyd.protocols.socketmap import SocketmapFactory, netstring
@@ -35,7 +35,7 @@ class EnforceWorld(SynchronousTestCase):
         self.resolver.answers[("_mta-sts.example.test", TXT)] = txt("v=STSv1; id=1", ttl=600)
         self.fetcher.bodies["example.test"] = policy("enforce")
         sts = StsEvaluator(self.clock, self.resolver, self.fetcher)
-        self.cache = PolicyCache(self.clock, Evaluator(sts), deadline=2.0)
+        self.cache = PolicyCache(self.clock, Evaluator(sts), settings=CacheSettings(deadline=2.0))
 
 
 class PostfixResponderTests(EnforceWorld):

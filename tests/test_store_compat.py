@@ -43,8 +43,8 @@ class StoreCompatibilityTests(SynchronousTestCase):
                          ("enforce", 604800, ("mx1.enforce.example", "*.mail.example")))
         self.assertEqual(enforce.sts.policy_id, "20261201")
         self.assertEqual(enforce.sts.expires_at, WRITTEN + 604800)
-        assert enforce.best is not None
-        self.assertEqual((enforce.best.action, enforce.best.seen_at), ("sts-enforce", WRITTEN))
+        assert enforce.memory is not None
+        self.assertEqual((enforce.memory.action, enforce.memory.seen_at), ("sts-enforce", WRITTEN))
         self.assertFalse(enforce.dane is not None and enforce.dane.mx_secure)
         dane = states["daneonly.example"].dane
         assert dane is not None

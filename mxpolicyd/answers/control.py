@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from mxpolicyd.cache.policycache import Entry, PolicyCache
+from mxpolicyd.cache.entries import Entry
+from mxpolicyd.cache.policycache import PolicyCache
 from mxpolicyd.evidence.names import normalise
 from mxpolicyd.policy.admin import AdminPolicy
 from mxpolicyd.policy.judge import administration

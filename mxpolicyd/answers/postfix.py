@@ -19,7 +19,8 @@ from twisted.logger import Logger
 
 from mxpolicyd.answers.profiles import Profile
 from mxpolicyd.answers.render import NOTFOUND, forced_by, postfix_reply
-from mxpolicyd.cache.policycache import Entry, PolicyCache
+from mxpolicyd.cache.entries import Entry
+from mxpolicyd.cache.policycache import PolicyCache
 from mxpolicyd.evidence.names import normalise
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.verdict import Verdict

@@ -1,234 +1,207 @@
 """
 The policy cache: every domain's state and verdict in memory, in front of
-the evaluator and the durable store.
+the evaluator and the durable store.  The answers, the control commands and
+the refresher use it; it assembles the parts that do each job.
 
 A lookup of a cached domain is a dict lookup and a clock read.  When the
 evidence behind a verdict is due, the lookup still answers at once and starts
 a background re-check (stale-while-revalidate).  A lookup of an unknown domain
-starts an evaluation and waits for it no longer than the lookup deadline.
-Concurrent evaluations of one domain are coalesced into one, and evaluations
-in flight are bounded, and so is the queue waiting for them: beyond it, a new
-domain gets the first-evaluation answer at once.  Domains holding neither an
-unexpired MTA-STS policy nor a DANE verdict are capped in number, the least
-recently used evicted first, so that a flood of junk names costs bounded
-memory; a domain holding a policy is never evicted for room.  At start-up the
-store is read in the background; a domain asked for before its batch arrives
-is read from the store on its own.
+starts an evaluation and waits for it no longer than the lookup deadline
+(L{mxpolicyd.cache.evaluations}).  Domains holding no policy are capped in
+number (L{mxpolicyd.cache.entries}).  At start-up the store is read in the
+background; a domain asked for before its batch arrives is read from the
+store on its own (L{mxpolicyd.cache.loading}).  In a fleet sharing the store,
+one daemon re-evaluates a domain for all (L{mxpolicyd.cache.fleet}).  Every
+verdict is judged by the administrator's policy (L{mxpolicyd.cache.judging}).
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredSemaphore,
-)
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import Cooperator, cooperate
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.task import Cooperator
 
-from mxpolicyd.evidence.dane import DaneStatus
+from mxpolicyd.cache.entries import Entries, Entry
+from mxpolicyd.cache.evaluations import DomainEvaluator, Evaluations
+from mxpolicyd.cache.fleet import Fleet
+from mxpolicyd.cache.judging import EntryJudge
+from mxpolicyd.cache.loading import StoreLoader
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
-from mxpolicyd.ops.times import utc
+from mxpolicyd.policy import verdict
 from mxpolicyd.policy.admin import AdminPolicy
-from mxpolicyd.policy.judge import HELD, MINIMUM, WARNED, WITHDRAWN, judge, remember
-from mxpolicyd.policy.verdict import Action, Verdict, decide, first_answer
-from mxpolicyd.store.base import Store, Stored
-
-NO_ADMIN = AdminPolicy()
-
-# How strong a verdict is, for downgrade detection; TEMP is not a verdict
-# about the domain but about the DNS, and is never compared.
-STRENGTH = {
-    Action.DANE_ONLY: 4,
-    Action.DANE: 3,
-    Action.STS_ENFORCE: 2,
-    Action.STS_TESTING: 1,
-    Action.NONE: 0,
-}
+from mxpolicyd.policy.verdict import Verdict
+from mxpolicyd.store.base import Store
 
 
-def holds_policy(state: DomainState, now: float) -> bool:
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
     """
-    Whether a domain's state is worth its memory whatever the pressure: an
-    unexpired MTA-STS policy (RFC 8461 s5.1 keeps it until it expires;
-    forgetting it would let an attacker who blocks the next fetch downgrade
-    the domain), a DANE verdict, or the downgrade memory.  Anything else,
-    one evaluation learns again.
+    The cache's bounds and times: the [lookup] settings and store.lease,
+    which mxpolicyd.config checks.
     """
-    if state.sts.active_policy(now) is not None or state.best is not None:
-        # A remembered strongest verdict is what downgrade protection
-        # compares with: a flood must not wash it out.
-        return True
-    dane = state.dane
-    return dane is not None and dane.status in (DaneStatus.DANE_ONLY, DaneStatus.DANE)
+
+    # How long a lookup waits for a domain's first evaluation.
+    deadline: float = 2.0
+    # Evaluations running at once.
+    max_evaluations: int = 100
+    # Evaluations waiting for a slot; beyond, a lookup of a new domain is
+    # answered at once as if its first evaluation had run out of time.
+    max_waiting: int = 1000
+    # Cached domains holding no policy (entries.holds_policy); beyond, the
+    # least recently used are evicted, from the store too.
+    max_negative: int = 100000
+    # How long this daemon holds a domain while it re-evaluates it for a
+    # fleet sharing the store.
+    lease: float = 60.0
 
 
-class _Evaluator(Protocol):
-    def evaluate(
-        self, domain: str, prior: DomainState | None
-    ) -> Deferred[DomainState]: ...
-
-
-class Entry:
-    """One cached domain.  Mutable, updated in place on re-evaluation."""
-
-    __slots__ = (
-        "domain", "state", "verdict", "due_at", "changes_at", "used_at", "refresh_at",
-    )
-
-    def __init__(self, domain: str, state: DomainState, now: float, used_at: float,
-                 admin: AdminPolicy = NO_ADMIN) -> None:
-        self.domain = domain
-        self.used_at = used_at
-        # The refresher's bookkeeping: the second it is scheduled for.
-        self.refresh_at = 0
-        self.update(state, now, admin)
-
-    def update(self, state: DomainState, now: float, admin: AdminPolicy = NO_ADMIN) -> None:
-        self.state = state
-        self.verdict: Verdict = decide(self.domain, state, now)
-        self.due_at = state.due_at
-        self.changes_at = state.changes_at(now)
-        if not admin.neutral:
-            self.verdict, until = judge(self.verdict, state, admin, now)
-            if until < self.changes_at:
-                self.changes_at = until
+def _no_policy_yet(domain: str) -> Verdict:
+    """The first answer with DANE off: as if there were no policy."""
+    return verdict.first_answer(domain, None, False)
 
 
 class PolicyCache:
-    _log = Logger()
-    # The administrator's policy (set_admin); every verdict is judged by it.
-    _admin: AdminPolicy = NO_ADMIN
+    """Cached domains, their evaluations and their verdicts."""
 
     def __init__(
         self,
         clock: IReactorTime,
-        evaluator: _Evaluator,
+        evaluator: DomainEvaluator,
         store: Store | None = None,
-        deadline: float = 2.0,
-        max_evaluations: int = 100,
-        pending: Callable[[str], Verdict] | None = None,
-        cooperator: Cooperator | None = None,
-        lease: float = 60.0,
+        settings: CacheSettings = CacheSettings(),
+        first_answer: Callable[[str], Verdict] = _no_policy_yet,
         metrics: Metrics | None = None,
-        max_negative: int = 100000,
-        max_waiting: int = 1000,
+        cooperator: Cooperator | None = None,
     ) -> None:
         """
-        @param pending: what to answer for a domain whose first evaluation
-            is still running at the deadline (by default: no policy).
+        @param first_answer: what to answer for a domain whose first
+            evaluation has not ended by the deadline (L{verdict.first_answer}
+            with what the evaluator knows of DANE so far).
         @param cooperator: runs the background load (Twisted's global one by
             default).
-        @param lease: how long this daemon holds a domain while it
-            re-evaluates it for a fleet sharing the store.
-        @param max_negative: how many domains holding no policy (see
-            L{holds_policy}) stay cached; beyond, the least recently used
-            are evicted, from the store too.
-        @param max_waiting: how many evaluations may wait for one of the
-            C{max_evaluations} slots; beyond, a lookup of a new domain is
-            answered at once as if its first evaluation had run out of time.
         """
-        self._lease = lease
-        self._metrics = metrics or Metrics()
-        self._leasing: set[str] = set()
-        self._cooperator = cooperator
-        self._pending = pending or (lambda domain: first_answer(domain, None, False))
+        metrics = metrics or Metrics()
         self._clock = clock
-        self._evaluator = evaluator
         self._store = store
-        self._deadline = deadline
-        self._semaphore = DeferredSemaphore(max_evaluations)
-        self._entries: dict[str, Entry] = {}
-        self._waiting: dict[str, list[Deferred[Entry]]] = {}
-        self._listeners: list[Callable[[str], None]] = []
-        self._settled: list[Callable[[Entry], None]] = []
-        # Until the store has been read in full, a miss may be a domain
-        # whose batch has not arrived yet.
-        self.loaded = store is None
-        self.downgrades = 0
-        self.evaluations = 0
-        self._max_negative = max_negative
-        self._max_waiting = max_waiting
-        # Domains holding no policy, least recently queued first, each with
-        # the last use it had when queued: a use since then earns it a second
-        # chance at the back, so eviction follows last use without the hot
-        # path (which only writes Entry.used_at) touching this order.
-        self._negative: OrderedDict[str, float] = OrderedDict()
-        self._evicted: list[Callable[[Entry], None]] = []
-        self.evicted = 0
-        self.shed = 0
-        self._evict_logged = self._shed_logged = -math.inf
-        m = self._metrics
-        m.gauge("mxpolicyd_cached_negative_domains",
-                "Cached domains holding no MTA-STS policy nor DANE verdict.",
-                lambda: len(self._negative))
-        m.gauge("mxpolicyd_evaluations_waiting",
-                "Evaluations waiting for a slot (at most lookup.max_waiting).",
-                lambda: len(self._semaphore.waiting))
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._settled_listeners: list[Callable[[Entry], None]] = []
+        self._evicted_listeners: list[Callable[[Entry], None]] = []
+        self._judge = EntryJudge(clock, metrics)
+        self._entries = Entries(clock, store, metrics, settings.max_negative, self._busy,
+                                self._evicted)
+        self._evaluations = Evaluations(
+            clock, evaluator, self._settle, first_answer, self._judge.first_answer, metrics,
+            deadline=settings.deadline, max_evaluations=settings.max_evaluations,
+            max_waiting=settings.max_waiting)
+        self._loader: StoreLoader | None = None
+        self._fleet: Fleet | None = None
+        self._leasing: set[str] = set()
+        if store is not None:
+            self._loader = StoreLoader(clock, store, self._entries, self._insert, cooperator)
+            self._fleet = Fleet(clock, store, settings.lease, self._entries.by_domain,
+                                self._evaluate, self._apply, self._settled)
+            self._leasing = self._fleet.leasing
+        # Read by the lookup path (current, revalidate) without going
+        # through the parts: the table, the domains under evaluation, and
+        # whether the queue for a slot is full.
+        self._by_domain = self._entries.by_domain
+        self._in_flight = self._evaluations.in_flight
+        self._full = self._evaluations.full
 
-    def set_evaluator(self, evaluator: _Evaluator, pending: Callable[[str], Verdict],
+    def set_evaluator(self, evaluator: DomainEvaluator, first_answer: Callable[[str], Verdict],
                       deadline: float) -> None:
-        """Evaluate with these settings from now on (a reload)."""
-        self._evaluator = evaluator
-        self._pending = pending
-        self._deadline = deadline
+        """Evaluate with these from now on (a reload)."""
+        evaluations = self._evaluations
+        evaluations.evaluator = evaluator
+        evaluations.first_answer = first_answer
+        evaluations.deadline = deadline
 
     def set_bounds(self, max_negative: int, max_waiting: int) -> None:
         """Apply new memory bounds (a reload); a lower cap evicts at once."""
-        self._max_negative = max_negative
-        self._max_waiting = max_waiting
-        self._trim()
+        self._evaluations.max_waiting = max_waiting
+        self._entries.max_negative = max_negative
+        self._entries.trim()
+
+    @property
+    def admin(self) -> AdminPolicy:
+        return self._judge.admin
+
+    def set_admin(self, admin: AdminPolicy) -> None:
+        """
+        Judge by this administrator's policy from now on (start-up, reload).
+
+        Entries are re-decided lazily: each one's change time is reset, so
+        the next lookup (which the memo then lets through) re-decides it,
+        and an idle domain costs nothing.
+        """
+        if admin == self._judge.admin:
+            return
+        self._judge.admin = admin
+        for entry in self._by_domain.values():
+            entry.changes_at = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        """
+        Whether the store has been read in full: until then, a miss may be
+        a domain whose batch has not arrived yet, and nothing is evicted.
+        """
+        return self._entries.loaded
+
+    @loaded.setter
+    def loaded(self, value: bool) -> None:
+        self._entries.loaded = value
 
     @property
     def negative(self) -> int:
-        """Cached domains holding no policy: those L{max_negative} counts."""
-        return len(self._negative)
-
-    @property
-    def evaluations_waiting(self) -> int:
-        return len(self._semaphore.waiting)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, domain: str) -> bool:
-        return domain in self._entries
-
-    def get(self, domain: str) -> Entry | None:
-        return self._entries.get(domain)
-
-    def domains(self) -> Iterable[str]:
-        return self._entries.keys()
+        """Cached domains holding no policy: those lookup.max_negative counts."""
+        return self._entries.negative
 
     @property
     def evaluations_in_flight(self) -> int:
-        return len(self._waiting)
+        return len(self._in_flight)
+
+    @property
+    def evaluations_waiting(self) -> int:
+        return self._evaluations.waiting
+
+    def __len__(self) -> int:
+        return len(self._by_domain)
+
+    def __contains__(self, domain: str) -> bool:
+        return domain in self._by_domain
+
+    def get(self, domain: str) -> Entry | None:
+        return self._by_domain.get(domain)
+
+    def domains(self) -> Iterable[str]:
+        return self._by_domain.keys()
+
+    def now(self) -> float:
+        """The cache's clock, for what describes its entries."""
+        return self._clock.seconds()
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(domain)} whenever a domain's verdict may change."""
-        self._listeners.append(listener)
+        self._change_listeners.append(listener)
 
     def on_evicted(self, listener: Callable[[Entry], None]) -> None:
         """
         Call C{listener(entry)} when an entry is evicted for room: the
         refresher drops it from its schedule.
         """
-        self._evicted.append(listener)
+        self._evicted_listeners.append(listener)
 
     def on_settled(self, listener: Callable[[Entry], None]) -> None:
         """
         Call C{listener(entry)} whenever an entry is added or re-evaluated:
         the refresher reschedules it.
         """
-        self._settled.append(listener)
+        self._settled_listeners.append(listener)
 
     def load(self, states: Iterable[tuple[str, DomainState]]) -> int:
         """Fill the memory layer at once (tests and tools)."""
@@ -244,47 +217,8 @@ class PolicyCache:
         Read the whole store into memory in the background, a batch per
         reactor turn, so that lookups are served from the first second.
         """
-        assert self._store is not None
-        store = self._store
-        count = [0]
-
-        def insert(rows: list[Stored]) -> None:
-            now = self._clock.seconds()
-            for domain, state, used_at in rows:
-                if domain not in self._entries:
-                    self._insert(domain, state, now, used_at or now)
-                    count[0] += 1
-
-        def batches() -> Iterator[Deferred[None] | None]:
-            # A store on the network yields Deferreds; the cooperator waits.
-            for rows in store.scan(batch):
-                if isinstance(rows, Deferred):
-                    yield rows.addCallback(insert)
-                else:
-                    insert(rows)
-                    yield None
-
-        def done(_: Any) -> int:
-            self.loaded = True
-            # Rows arrive in name order: queue them by last use before
-            # evicting any, then trim to the cap (a store written before
-            # the cap, or under a higher one, may hold more).
-            self._reorder()
-            self._trim()
-            return count[0]
-
-        run = self._cooperator.cooperate if self._cooperator is not None else cooperate
-        return run(batches()).whenDone().addCallback(done)
-
-    def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
-        entry = self._entries[domain] = Entry(domain, state, now, used_at, self._admin)
-        if entry.verdict.note is not None:
-            # Quiet while the store is read: those were logged before the restart.
-            self._judged(entry, None, log=self.loaded)
-        for listener in self._settled:
-            listener(entry)
-        self._track(entry, now)
-        return entry
+        assert self._loader is not None
+        return self._loader.warm(batch)
 
     def current(self, domain: str) -> Entry | None:
         """
@@ -293,7 +227,7 @@ class PolicyCache:
         Starts a background re-check when the evidence is due, and
         re-decides when a policy has run out.  This is the hot path.
         """
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None:
             return None
         now = self._clock.seconds()
@@ -301,11 +235,9 @@ class PolicyCache:
         if now >= entry.due_at:
             self.revalidate(domain)
         if now >= entry.changes_at:
-            before = entry.verdict
-            entry.update(entry.state, now, self._admin)
-            self._judged(entry, before)
+            self._judge.redecide(entry, now)
             self._changed(domain)
-            self._track(entry, now)
+            self._entries.track(entry, now)
         return entry
 
     def lookup(self, domain: str) -> Verdict | Deferred[Verdict]:
@@ -316,435 +248,124 @@ class PolicyCache:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        store = self._store
-        if store is not None and (not self.loaded or store.shared):
+        deadline = self._evaluations.deadline
+        loader = self._loader
+        if loader is not None and loader.misses_stored:
             # Not read yet, or maybe evaluated by another daemon.
             started = self._clock.seconds()
-            d = store.get(domain)
-            d.addTimeout(self._deadline, self._clock)
-            d.addErrback(self._unreadable, domain)
-            return d.addCallback(self._stored, domain, started)
-        return self._first(domain, self._deadline)
+            return loader.read(domain, deadline).addCallback(self._read, domain, started)
+        return self._evaluations.first(domain, deadline)
 
-    def _unreadable(self, failure: Failure, domain: str) -> None:
-        self._log.warn(
-            "Cannot read {domain} from the store ({error}); evaluating it afresh",
-            domain=domain,
-            error=failure.getErrorMessage(),
-        )
-        return None
-
-    def _stored(
-        self, row: Stored | None, domain: str, started: float
-    ) -> Verdict | Deferred[Verdict]:
-        if domain not in self._entries and row is not None:
-            now = self._clock.seconds()
-            self._insert(domain, row[1], now, now)
+    def _read(self, _: None, domain: str, started: float) -> Verdict | Deferred[Verdict]:
         entry = self.current(domain)
         if entry is not None:
             return entry.verdict
-        left = max(0.0, self._deadline - (self._clock.seconds() - started))
-        return self._first(domain, left)
-
-    def _full(self) -> bool:
-        """Whether every slot is taken and max_waiting evaluations wait."""
-        semaphore = self._semaphore
-        return semaphore.tokens <= 0 and len(semaphore.waiting) >= self._max_waiting
-
-    def _first(self, domain: str, deadline: float) -> Verdict | Deferred[Verdict]:
-        """
-        The first evaluation of C{domain}, waited for up to C{deadline};
-        or, with the queue full, the answer for one that ran out of time,
-        at once: queueing more would only grow memory and answer later.
-        """
-        if domain in self._waiting or not self._full():
-            return self._wait(domain, self._evaluate(domain), deadline)
-        self.shed += 1
-        self._metrics.shed.inc()
-        verdict = self._pending(domain)
-        now = self._clock.seconds()
-        if now - self._shed_logged >= 60:
-            self._shed_logged = now
-            self._log.warn(
-                "{waiting} evaluations are waiting for a slot (lookup.max_waiting); "
-                "answering {domain} with {action} at once, unevaluated, as every new "
-                "domain until the queue drains ({count} such answers so far)",
-                waiting=len(self._semaphore.waiting),
-                domain=domain,
-                action=verdict.action.value,
-                count=self.shed,
-            )
-        return verdict
+        left = max(0.0, self._evaluations.deadline - (self._clock.seconds() - started))
+        return self._evaluations.first(domain, left)
 
     def revalidate(self, domain: str) -> None:
         """
         Re-check C{domain} in the background, unless already under way or
         the queue is full (the refresher, or a later lookup, gets to it).
         """
-        if domain not in self._waiting and domain not in self._leasing and not self._full():
+        if domain not in self._in_flight and domain not in self._leasing and not self._full():
             self.refresh(domain).addErrback(lambda f: f.trap(CancelledError))
 
     def refresh(self, domain: str) -> Deferred[Entry | None]:
         """
-        Re-evaluate C{domain} (coalesced) if this daemon holds its lease;
-        otherwise take what the fleet member holding it stored, and look
-        again after the lease.  Fires with the domain's entry.
+        Re-evaluate C{domain} (coalesced), under the store's lease: in a
+        fleet, the daemon holding it re-evaluates and the others take its
+        result.  Fires with the domain's entry.
         """
-        store = self._store
-        if store is None or domain in self._waiting:
+        if self._fleet is None or domain in self._in_flight:
             return self._evaluate(domain)  # type: ignore[return-value]
-        self._leasing.add(domain)
-        d = store.lease(domain, self._lease)
-
-        def leased(granted: bool) -> Deferred[Any]:
-            self._leasing.discard(domain)
-            if granted:
-                return self._evaluate(domain)
-            return store.get(domain).addCallback(self._adopt_row, domain)
-
-        def unleased(failure: Failure) -> Deferred[Any]:
-            # A store that cannot say: refresh here, answers must stay fresh.
-            self._leasing.discard(domain)
-            failure.trap(Exception)
-            return self._evaluate(domain)
-
-        return d.addCallbacks(leased, unleased)
-
-    def _adopt_row(self, row: Stored | None, domain: str) -> Entry | None:
-        entry = self._entries.get(domain)
-        if entry is None:
-            return None
-        if row is not None and self.adopt(domain, row[1]):
-            return entry
-        # Nothing newer yet: the lease holder is still at it.
-        entry.due_at = max(entry.due_at, self._clock.seconds() + self._lease)
-        for listener in self._settled:
-            listener(entry)
-        return entry
+        return self._fleet.refresh(domain)
 
     def adopt(self, domain: str, state: DomainState) -> bool:
-        """
-        Take a state that another daemon of the fleet evaluated, if it is
-        newer than ours.  Never one that drops an unexpired MTA-STS policy
-        we hold: a peer that lost its memory (or found no TXT record) is no
-        reason to forget a policy before max_age (RFC 8461 s5.1); a policy
-        legitimately withdrawn arrives as a fetched mode none policy.
-        """
-        entry = self._entries.get(domain)
-        if entry is None or _checked(state) <= _checked(entry.state):
-            return False
-        now = self._clock.seconds()
-        if entry.state.sts.active_policy(now) is not None and state.sts.policy is None:
-            state = replace(state, sts=entry.state.sts)
-        self._apply(entry, state)
-        return True
+        """Take a state that another daemon of the fleet evaluated, if newer."""
+        return self._fleet is not None and self._fleet.adopt(domain, state)
 
     def forget(self, domain: str) -> bool:
         """Drop a domain from memory and from the store."""
-        entry = self._entries.pop(domain, None)
-        if entry is None:
+        if self._entries.remove(domain) is None:
             return False
-        self._negative.pop(domain, None)
         if self._store is not None:
             self._store.delete(domain)
         self._changed(domain)
         return True
-
-    @property
-    def admin(self) -> AdminPolicy:
-        return self._admin
-
-    def now(self) -> float:
-        """The cache's clock, for what describes its entries."""
-        return self._clock.seconds()
-
-    def set_admin(self, admin: AdminPolicy) -> None:
-        """
-        Judge by this administrator's policy from now on (start-up, reload).
-
-        Entries are re-decided lazily: each one's change time is reset, so
-        the next lookup (which the memo then lets through) re-decides it,
-        and an idle domain costs nothing.
-        """
-        if admin == self._admin:
-            return
-        self._admin = admin
-        for entry in self._entries.values():
-            entry.changes_at = 0.0
 
     def acknowledge(self, domain: str) -> Entry | None:
         """
         Accept a domain's current evidence as its policy from now on: the
         downgrade memory becomes what the evidence shows, and a held
-        downgrade is released.
+        downgrade is released.  None when the domain is not cached or its
+        evidence is TEMP.
         """
-        entry = self._entries.get(domain)
+        entry = self._by_domain.get(domain)
         if entry is None:
             return None
-        now = self._clock.seconds()
-        evidence = decide(domain, entry.state, now)
-        if evidence.action is Action.TEMP:
+        state = self._judge.acknowledged(entry, self._clock.seconds())
+        if state is None:
             return None
-        memory, _ = remember(None, evidence, entry.state, self._admin, now)
-        previous = entry.state.best
-        self._log.info(
-            "Administrator acknowledged the policy of {domain}: remembering {now} "
-            "(was {before})",
-            domain=domain,
-            now=memory.action if memory is not None else "nothing",
-            before=previous.action if previous is not None else "nothing",
-        )
-        self._apply(entry, replace(entry.state, best=memory))
+        self._apply(entry, state)
         if self._store is not None:
             self._store.put(domain, entry.state, entry.used_at)
         return entry
 
-    def _wait(self, domain: str, d: Deferred[Entry], deadline: float) -> Deferred[Verdict]:
-        result: Deferred[Verdict] = Deferred(lambda _: d.cancel())
-
-        def answered(entry: Entry) -> None:
-            if not result.called:
-                timer.cancel()
-                result.callback(entry.verdict)
-
-        def late() -> None:
-            verdict = self._judge_pending(domain)
-            self._log.info(
-                "First evaluation of {domain} still running after {deadline} s; "
-                "answering {action} meanwhile ({rule})",
-                domain=domain,
-                deadline=self._deadline,
-                action=verdict.action.value,
-                rule=verdict.rule,
-            )
-            result.callback(verdict)
-
-        def failed(failure: Failure) -> None:
-            if timer.active():
-                timer.cancel()
-            failure.trap(CancelledError)
-
-        timer = self._clock.callLater(deadline, late)
-        d.addCallbacks(answered, failed)
-        return result
-
-    def _evaluate(self, domain: str) -> Deferred[Entry]:
-        """
-        One evaluation per domain at a time; every caller gets its own
-        Deferred so that a caller going away cancels nothing shared.
-        """
-        child: Deferred[Entry] = Deferred()
-        waiters = self._waiting.get(domain)
-        if waiters is not None:
-            waiters.append(child)
-            return child
-        self._waiting[domain] = [child]
-        entry = self._entries.get(domain)
-        prior = entry.state if entry is not None else None
-        self.evaluations += 1
-        shared = self._semaphore.run(self._evaluator.evaluate, domain, prior)
-        shared.addBoth(self._evaluated, domain)
-        return child
-
-    def _evaluated(self, result: DomainState | Failure, domain: str) -> None:
-        waiters = self._waiting.pop(domain, [])
-        now = self._clock.seconds()
-        entry = self._entries.get(domain)
-        if isinstance(result, Failure):
-            # The evaluators record failures as evidence; this is a bug.
-            self._log.failure(
-                "Evaluation of {domain} crashed; keeping what was cached",
-                result,
-                domain=domain,
-            )
-            if entry is None:
-                entry = Entry(domain, DomainState(), now, now, self._admin)
-            else:
-                for listener in self._settled:
-                    listener(entry)
-        else:
-            self._count(result)
-            result = self._remember(domain, entry, result, now)
-            if entry is None:
-                entry = self._insert(domain, result, now, now)
-                self._changed(domain)
-            else:
-                self._apply(entry, result)
-            if self._store is not None:
-                self._store.put(domain, result, entry.used_at)
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(entry)
+    def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
+        # Quiet while the store is read: its notes were logged before the restart.
+        entry = self._by_domain[domain] = self._judge.entry(
+            domain, state, now, used_at, log=self._entries.loaded)
+        self._settled(entry)
+        self._entries.track(entry, now)
+        return entry
 
     def _apply(self, entry: Entry, state: DomainState) -> None:
         now = self._clock.seconds()
-        before = entry.verdict
-        entry.update(state, now, self._admin)
-        after = entry.verdict
-        self._judged(entry, before)
-        if before.action is not after.action:
-            weaker = STRENGTH.get(after.action, 99) < STRENGTH.get(before.action, -1)
-            if weaker:
-                self.downgrades += 1
-                self._metrics.downgrades.inc()
-            (self._log.warn if weaker else self._log.info)(
-                "Verdict for {domain} {change} from {before} to {after}: {rule} "
-                "(was: {before_rule})",
-                domain=entry.domain,
-                change="weakened" if weaker else "changed",
-                before=before.action.value,
-                after=after.action.value,
-                rule=after.rule,
-                before_rule=before.rule,
-            )
+        self._judge.apply(entry, state, now)
         self._changed(entry.domain)
-        for listener in self._settled:
-            listener(entry)
-        self._track(entry, now)
+        self._settled(entry)
+        self._entries.track(entry, now)
 
-    def _track(self, entry: Entry, now: float) -> None:
-        """Keep the queue of domains holding no policy current, and capped."""
-        negative = self._negative
-        if holds_policy(entry.state, now):
-            negative.pop(entry.domain, None)
-        elif entry.domain not in negative:
-            negative[entry.domain] = entry.used_at
-            if len(negative) > self._max_negative:
-                self._trim()
+    def _evaluate(self, domain: str) -> Deferred[Entry]:
+        entry = self._by_domain.get(domain)
+        return self._evaluations.evaluate(domain, entry.state if entry is not None else None)
 
-    def _trim(self) -> None:
+    def _settle(self, domain: str, state: DomainState | None) -> Entry:
         """
-        Evict domains holding no policy, least recently used first, down to
-        the cap.  Domains under evaluation are passed over: their result is
-        about to be inserted again.
+        Take an evaluation's result into the cache and the store; on a
+        crash (None), keep what was cached.
         """
-        negative = self._negative
-        if not self.loaded or len(negative) <= self._max_negative:
-            return
-        passed = 0
-        evicted = self.evicted
-        while len(negative) > self._max_negative and passed < len(negative):
-            domain, queued = negative.popitem(last=False)
-            entry = self._entries.get(domain)
-            if entry is None:
-                continue
-            if entry.used_at > queued or domain in self._waiting or domain in self._leasing:
-                negative[domain] = entry.used_at
-                passed += 1
-                continue
-            self._evict(entry)
         now = self._clock.seconds()
-        if self.evicted > evicted and now - self._evict_logged >= 600:
-            self._evict_logged = now
-            self._log.info(
-                "More cached domains hold no policy than lookup.max_negative ({cap}); "
-                "evicting the least recently used, as each new one arrives ({count} "
-                "evicted so far)",
-                cap=self._max_negative,
-                count=self.evicted,
-            )
-
-    def _evict(self, entry: Entry) -> None:
-        domain = entry.domain
-        del self._entries[domain]
-        # Not kept in the store either: it would come back at the next
-        # start, and the store would grow with every junk name.
+        entry = self._by_domain.get(domain)
+        if state is None:
+            if entry is None:
+                return Entry(domain, DomainState(), now, now, self._judge.admin)
+            self._settled(entry)
+            return entry
+        state = self._judge.with_memory(domain, entry, state, now)
+        if entry is None:
+            entry = self._insert(domain, state, now, now)
+            self._changed(domain)
+        else:
+            self._apply(entry, state)
         if self._store is not None:
-            self._store.delete(domain)
-        self.evicted += 1
-        self._metrics.evictions.inc()
-        for listener in self._evicted:
+            self._store.put(domain, state, entry.used_at)
+        return entry
+
+    def _busy(self, domain: str) -> bool:
+        """Whether a domain is under evaluation or lease: not to be evicted."""
+        return domain in self._in_flight or domain in self._leasing
+
+    def _evicted(self, entry: Entry) -> None:
+        for listener in self._evicted_listeners:
             listener(entry)
-        self._changed(domain)
-
-    def _reorder(self) -> None:
-        """Queue the domains holding no policy by their last use."""
-        entries = self._entries
-        found = [entries[d] for d in self._negative if d in entries]
-        found.sort(key=lambda e: e.used_at)
-        self._negative = OrderedDict((e.domain, e.used_at) for e in found)
-
-    def _judge_pending(self, domain: str) -> Verdict:
-        """The pending answer, by the administrator's policy too (minimums)."""
-        verdict, _ = judge(self._pending(domain), None, self._admin, self._clock.seconds())
-        return verdict
-
-    def _remember(self, domain: str, entry: Entry | None, state: DomainState,
-                  now: float) -> DomainState:
-        """Carry the downgrade memory into a newly evaluated state."""
-        prior = entry.state.best if entry is not None else None
-        if prior is None and self._admin.downgrade == "off":
-            return state
-        evidence = decide(domain, state, now)
-        best, outcome = remember(prior, evidence, state, self._admin, now)
-        if outcome == WITHDRAWN and prior is not None:
-            self._metrics.guard.inc(WITHDRAWN)
-            self._log.info(
-                "The {before} policy of {domain} was withdrawn by the domain ({rule}); "
-                "accepted as a legitimate change, remembering {after} from now",
-                before=prior.action, domain=domain, rule=evidence.rule,
-                after=best.action if best is not None else "nothing",
-            )
-        return state if best is state.best else replace(state, best=best)
-
-    def _judged(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:
-        """Log and count what the administrator's policy changed, once per change."""
-        after = entry.verdict
-        note = after.note
-        was = before.note if before is not None else None
-        if note == was:
-            return
-        metrics = self._metrics
-        # Answers forced by an override are counted per answer, by the
-        # responders (verdict.forced_by).
-        if note is not None and note.kind == MINIMUM:
-            metrics.minimums.inc()
-            if log:
-                self._log.warn("{domain} answered TEMP: {rule}", domain=entry.domain,
-                               rule=after.rule)
-        elif note is not None and note.kind in (WARNED, HELD):
-            metrics.guard.inc(note.kind)
-            best = entry.state.best
-            if log and best is not None:
-                evidence = decide(entry.domain, entry.state, self._clock.seconds())
-                self._log.warn(
-                    "Policy of {domain} weakened from {before} to {after} ({rule}); {what}",
-                    domain=entry.domain,
-                    before=best.action,
-                    after=evidence.action.value,
-                    rule=evidence.rule,
-                    what="policy.downgrade = warn: mail goes out with the weaker policy"
-                    if note.kind == WARNED else
-                    'policy.downgrade = enforce: answering TEMP until an administrator '
-                    'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
-                    .format(entry.domain, best.action,
-                            utc(best.seen_at + self._admin.memory)),
-                )
-        if log and was is not None and was.kind == HELD and (
-                note is None or note.kind != HELD):
-            self._log.info("Downgrade hold for {domain} ended; answering {action} ({rule})",
-                           domain=entry.domain, action=after.action.value, rule=after.rule)
-
-    def _count(self, state: DomainState) -> None:
-        metrics = self._metrics
-        metrics.evaluations.inc()
-        failure = state.sts.failure
-        if failure is not None:
-            metrics.failures.inc(
-                "mta_sts_dns" if failure.startswith("TXT lookup")
-                else "mta_sts_fetch" if failure.startswith("policy fetch")
-                else "mta_sts_record"
-            )
-        if state.dane is not None and state.dane.status is DaneStatus.TEMP:
-            metrics.failures.inc("dane_dns")
+        self._changed(entry.domain)
 
     def _changed(self, domain: str) -> None:
-        for listener in self._listeners:
+        for listener in self._change_listeners:
             listener(domain)
 
-
-def _checked(state: DomainState) -> float:
-    """When the evidence in C{state} was last gathered."""
-    if state.dane is None:
-        return state.sts.checked_at
-    return max(state.sts.checked_at, state.dane.checked_at)
+    def _settled(self, entry: Entry) -> None:
+        for listener in self._settled_listeners:
+            listener(entry)

@@ -29,7 +29,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from mxpolicyd.cache.policycache import Entry, PolicyCache
+from mxpolicyd.cache.entries import Entry
+from mxpolicyd.cache.policycache import PolicyCache
 
 
 class Refresher(Service):
@@ -65,6 +66,9 @@ class Refresher(Service):
         self._spread = startup_spread
         self._min_interval = min_interval
         self._random = random
+        # The wheel: a second -> the domains to refresh then.  A domain
+        # rescheduled stays listed in its older bucket too; the one that
+        # counts is in Entry.refresher_bucket, which only this class uses.
         self._buckets: dict[int, list[str]] = {}
         self._times: list[int] = []
         self._timer: IDelayedCall | None = None
@@ -106,9 +110,9 @@ class Refresher(Service):
             early = min(self._lead_max, (due - now) * self._lead) * self._random()
             when = due - early
         second = math.ceil(when)
-        if entry.refresh_at == second:
+        if entry.refresher_bucket == second:
             return
-        entry.refresh_at = second
+        entry.refresher_bucket = second
         bucket = self._buckets.get(second)
         if bucket is None:
             bucket = self._buckets[second] = []
@@ -119,7 +123,7 @@ class Refresher(Service):
 
     def unschedule(self, entry: Entry) -> None:
         """Take C{entry} out of the wheel: the cache no longer holds it."""
-        second, entry.refresh_at = entry.refresh_at, 0
+        second, entry.refresher_bucket = entry.refresher_bucket, 0
         bucket = self._buckets.get(second)
         if bucket is None:
             return
@@ -157,9 +161,9 @@ class Refresher(Service):
 
     def _due(self, domain: str, second: int, now: float) -> None:
         entry = self._cache.get(domain)
-        if entry is None or entry.refresh_at != second:
+        if entry is None or entry.refresher_bucket != second:
             return  # forgotten, or rescheduled since
-        entry.refresh_at = 0
+        entry.refresher_bucket = 0
         if now - entry.used_at > self.window:
             self._idle(entry, now)
             return
@@ -176,8 +180,8 @@ class Refresher(Service):
         if policy is not None:
             # RFC 8461 s5.1: a cached policy is kept until it expires.  It
             # is not refreshed meanwhile: nobody is asking.
-            entry.refresh_at = math.ceil(entry.state.sts.expires_at)
-            self._at(entry.refresh_at, entry.domain)
+            entry.refresher_bucket = math.ceil(entry.state.sts.expires_at)
+            self._at(entry.refresher_bucket, entry.domain)
             return
         self._log.debug(
             "Evicting {domain}: not looked up for {days:.1f} days",
@@ -198,9 +202,9 @@ class Refresher(Service):
     def _failed(self, failure: Any, domain: str) -> None:
         self._log.failure("Refresh of {domain} failed", failure, domain=domain)
         entry = self._cache.get(domain)
-        if entry is not None and entry.refresh_at == 0:
-            entry.refresh_at = math.ceil(self._clock.seconds() + self._min_interval)
-            self._at(entry.refresh_at, domain)
+        if entry is not None and entry.refresher_bucket == 0:
+            entry.refresher_bucket = math.ceil(self._clock.seconds() + self._min_interval)
+            self._at(entry.refresher_bucket, domain)
 
     def _finished(self, _: Any, domain: str) -> None:
         self.in_flight -= 1

@@ -135,9 +135,9 @@ class DomainState:
     sts: StsState = field(default_factory=StsState)
     # None: DANE not evaluated (disabled, or a state from before it was on).
     dane: DaneState | None = None
-    # The downgrade memory (policy.downgrade); None when off or nothing
-    # worth protecting was seen.
-    best: Remembered | None = None
+    # The downgrade memory (policy.downgrade): the strongest verdict seen
+    # lately; None when off or nothing worth protecting was seen.
+    memory: Remembered | None = None
 
     @property
     def due_at(self) -> float:
@@ -159,8 +159,8 @@ class DomainState:
         data: dict[str, Any] = {"v": 1, "sts": self.sts.to_json()}
         if self.dane is not None:
             data["dane"] = self.dane.to_json()
-        if self.best is not None:
-            data["best"] = self.best.to_json()
+        if self.memory is not None:
+            data["memory"] = self.memory.to_json()
         return data
 
     @classmethod
@@ -168,9 +168,11 @@ class DomainState:
         if not isinstance(data, dict) or data.get("v") != 1:
             raise ValueError("not a version 1 domain state")
         dane = data.get("dane")
-        best = data.get("best")
+        # Releases up to 0.1.0 wrote the downgrade memory as "best": their
+        # stores keep it.
+        memory = data.get("memory", data.get("best"))
         return cls(
             sts=StsState.from_json(data.get("sts", {})),
             dane=None if dane is None else DaneState.from_json(dane),
-            best=None if best is None else Remembered.from_json(best),
+            memory=None if memory is None else Remembered.from_json(memory),
         )

@@ -5,8 +5,8 @@ reactor.
 
 Owns the verdict and L{decide} (DESIGN's answer table), the answer while a
 first evaluation runs, the administrator's rules as data, and the judge:
-overrides, minimum levels, the downgrade memory and the one table of how
-strong each verdict is.
+overrides, minimum levels, the downgrade memory, the one table of how
+strong each verdict is, and the wording of the log lines about them.
 
 May import: evidence (its data types and names), ops.
 """

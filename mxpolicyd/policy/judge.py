@@ -8,7 +8,9 @@ guard (a domain weaker than its remembered strongest verdict), and the
 minimum security levels.  All of it is pure, over plain data and a time, so
 table tests cover every combination; the cache calls L{judge} when it
 (re-)decides an entry and L{remember} when it applies an evaluation, never
-on the memoised lookup path.
+on the memoised lookup path.  What the cache logs about these decisions is
+worded here too, next to them (L{noted}, L{verdict_change}, ...): the cache
+only emits the L{Report}s.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mxpolicyd.evidence.dane import DaneStatus, HostState
 from mxpolicyd.evidence.state import FOREVER, DomainState, Remembered
 from mxpolicyd.ops.times import utc
 from mxpolicyd.policy.admin import MX_LEVELS, TLS_LEVELS, AdminPolicy
-from mxpolicyd.policy.verdict import Action, Note, Verdict
+from mxpolicyd.policy.verdict import Action, Note, Verdict, decide
 
 
 class Levels(NamedTuple):
@@ -34,8 +36,9 @@ class Levels(NamedTuple):
     tls: str
 
 
-# For downgrade protection only: testing counts as no policy, and TEMP is
-# about the DNS, not the domain, so it is never compared.
+# For downgrade protection (the guard, the memory, the "weakened" log
+# line): testing counts as no policy, and TEMP is about the DNS, not the
+# domain, so it is never compared.
 STRENGTH = {
     Action.DANE_ONLY: 3,
     Action.DANE: 2,
@@ -63,6 +66,22 @@ def strength(action: Action | str) -> int:
     if isinstance(action, str):
         action = _BY_VALUE[action]
     return STRENGTH.get(action, 0)
+
+
+def weaker(before: Action | str, after: Action | str) -> bool:
+    """
+    Whether a verdict changing from C{before} to C{after} (remembered, or
+    answered) is a downgrade of the domain's policy, by L{STRENGTH}: what
+    the guard, the memory and the cache's "weakened" log line all ask.
+    TEMP is neither weaker nor stronger than anything.
+    """
+    if isinstance(before, str):
+        before = _BY_VALUE[before]
+    if isinstance(after, str):
+        after = _BY_VALUE[after]
+    if before is Action.TEMP or after is Action.TEMP:
+        return False
+    return strength(after) < strength(before)
 
 
 def levels(verdict: Verdict, state: DomainState | None) -> Levels | None:
@@ -139,7 +158,7 @@ def remember(
     fresh = Remembered(evidence.action.value, now) if new > 0 else None
     if memory is None or now >= memory.seen_at + admin.memory:
         return fresh, ""
-    if new >= strength(memory.action):
+    if not weaker(memory.action, evidence.action):
         return fresh, ""
     if withdrawn(memory, state, now):
         return fresh, WITHDRAWN
@@ -176,11 +195,10 @@ def judge(
     if rule is not None and rule.forces:
         verdict = replace(verdict, override=rule, note=Note(OVERRIDE, rule.describe()))
 
-    memory = state.best if state is not None else None
+    memory = state.memory if state is not None else None
     if (admin.downgrade != "off" and memory is not None
-            and evidence.action is not Action.TEMP
             and now < memory.seen_at + admin.memory
-            and strength(evidence.action) < strength(memory.action)
+            and weaker(memory.action, evidence.action)
             and state is not None and not withdrawn(memory, state, now)):
         ages_out = memory.seen_at + admin.memory
         until = min(until, ages_out)
@@ -242,7 +260,7 @@ def administration(
     }
     if rule is not None and not rule.forces:
         data["entry"] = rule.to_json()
-    memory = state.best if state is not None else None
+    memory = state.memory if state is not None else None
     if memory is not None:
         data["remembered"] = {
             "action": memory.action,
@@ -250,3 +268,111 @@ def administration(
             "until": memory.seen_at + admin.memory,
         }
     return data
+
+
+class Report(NamedTuple):
+    """
+    A log line about one of these decisions, for the cache to emit: a
+    format string with named fields, as twisted.logger takes them.  Worded
+    here so that what a line says sits next to the rule it reports.
+    """
+
+    warning: bool
+    format: str
+    fields: dict[str, Any]
+
+
+def noted(
+    before: Verdict | None, after: Verdict, state: DomainState, admin: AdminPolicy,
+    now: float,
+) -> tuple[str | None, list[Report]]:
+    """
+    What a re-decision from C{before} to C{after} changed in the notes of
+    the administrator's policy, once per change: the note kind newly
+    reached, for the cache to count (L{MINIMUM}, L{WARNED} or L{HELD}:
+    answers forced by an L{OVERRIDE} are counted per answer, by the
+    responders), and the lines to log.
+    """
+    note = after.note
+    was = before.note if before is not None else None
+    if note == was:
+        return None, []
+    domain = after.domain
+    counted = None
+    reports = []
+    if note is not None and note.kind == MINIMUM:
+        counted = MINIMUM
+        reports.append(Report(True, "{domain} answered TEMP: {rule}",
+                              {"domain": domain, "rule": after.rule}))
+    elif note is not None and note.kind in (WARNED, HELD):
+        counted = note.kind
+        memory = state.memory
+        if memory is not None:
+            evidence = decide(domain, state, now)
+            reports.append(Report(
+                True,
+                "Policy of {domain} weakened from {before} to {after} ({rule}); {what}",
+                {
+                    "domain": domain,
+                    "before": memory.action,
+                    "after": evidence.action.value,
+                    "rule": evidence.rule,
+                    "what": "policy.downgrade = warn: mail goes out with the weaker policy"
+                    if note.kind == WARNED else
+                    'policy.downgrade = enforce: answering TEMP until an administrator '
+                    'runs "mxpolicyd cache ack {}" or the remembered {} ages out on {}'
+                    .format(domain, memory.action, utc(memory.seen_at + admin.memory)),
+                }))
+    if was is not None and was.kind == HELD and (note is None or note.kind != HELD):
+        reports.append(Report(
+            False, "Downgrade hold for {domain} ended; answering {action} ({rule})",
+            {"domain": domain, "action": after.action.value, "rule": after.rule}))
+    return counted, reports
+
+
+def verdict_change(before: Verdict, after: Verdict) -> Report:
+    """
+    The line for an evaluation that changed a domain's answer: a warning
+    when it is L{weaker}.
+    """
+    down = weaker(before.action, after.action)
+    return Report(
+        down,
+        "Verdict for {domain} {change} from {before} to {after}: {rule} "
+        "(was: {before_rule})",
+        {
+            "domain": after.domain,
+            "change": "weakened" if down else "changed",
+            "before": before.action.value,
+            "after": after.action.value,
+            "rule": after.rule,
+            "before_rule": before.rule,
+        })
+
+
+def withdrawal(prior: Remembered, evidence: Verdict, memory: Remembered | None) -> Report:
+    """The line for a policy the domain itself withdrew (L{remember} said L{WITHDRAWN})."""
+    return Report(
+        False,
+        "The {before} policy of {domain} was withdrawn by the domain ({rule}); "
+        "accepted as a legitimate change, remembering {after} from now",
+        {
+            "before": prior.action,
+            "domain": evidence.domain,
+            "rule": evidence.rule,
+            "after": memory.action if memory is not None else "nothing",
+        })
+
+
+def acknowledgement(domain: str, memory: Remembered | None,
+                    previous: Remembered | None) -> Report:
+    """The line for "mxpolicyd cache ack": the memory the administrator accepted."""
+    return Report(
+        False,
+        "Administrator acknowledged the policy of {domain}: remembering {now} "
+        "(was {before})",
+        {
+            "domain": domain,
+            "now": memory.action if memory is not None else "nothing",
+            "before": previous.action if previous is not None else "nothing",
+        })
