@@ -93,3 +93,16 @@ class StoreCompatibilityTests(SynchronousTestCase):
             self.assertEqual(found[2], WRITTEN - 60)
             states[domain] = found[1]
         self.check(states)
+
+
+class RollingUpgradeTests(SynchronousTestCase):
+    """What this release writes, a 0.1.0 fleet member still reads whole."""
+
+    def test_memory_written_under_both_names(self) -> None:
+        """The downgrade memory goes out as "memory" and as 0.1.0's "best"."""
+        states = json.loads((DATA / "redis-0.1.0.json").read_text())
+        state = DomainState.from_json(json.loads(states["enforce.example"])["state"])
+        data = state.to_json()
+        self.assertEqual(data["memory"], {"action": "sts-enforce", "seen_at": WRITTEN})
+        self.assertEqual(data["best"], data["memory"])
+        self.assertEqual(DomainState.from_json(data), state)

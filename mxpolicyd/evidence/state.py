@@ -160,7 +160,9 @@ class DomainState:
         if self.dane is not None:
             data["dane"] = self.dane.to_json()
         if self.memory is not None:
-            data["memory"] = self.memory.to_json()
+            # Also under 0.1.0's name, so that 0.1.0 daemons sharing a Redis
+            # store during a rolling upgrade keep the memory they read.
+            data["memory"] = data["best"] = self.memory.to_json()
         return data
 
     @classmethod
