@@ -765,10 +765,9 @@ def big_txt_response(query: dns.message.Message, records: int = 60) -> dns.messa
     lines.append(f'{name} 300 IN TXT "v=STSv1; id=last"')
     r = dns.message.make_response(query)
     r.flags |= dns.flags.AD
-    rrset = dns.rrset.from_text_list(
-        query.question[0].name, 300, "IN", "TXT", [line.split(" TXT ", 1)[1] for line in lines]
-    )
-    r.answer.append(rrset)
+    # One RRset per record keeps them in order on the wire.
+    for line in lines:
+        r.answer.append(_rrset(line))
     return r
 
 
