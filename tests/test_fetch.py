@@ -22,6 +22,7 @@ from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate, TLSVersion
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -534,19 +535,77 @@ class ClientTransport(iosim.FakeTransport):
         super().abortConnection()
 
 
+class RawResponder(Protocol):
+    """
+    A hand-made HTTP server: answers the first request with fixed bytes,
+    then ends TLS with close_notify, ends TCP without it, or leaves the
+    connection open.
+    """
+
+    def __init__(self, response: bytes, end: str, clock: Clock) -> None:
+        self.response = response
+        self.end = end
+        self.clock = clock
+        self.request = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        done = b"\r\n\r\n" in self.request
+        self.request += data
+        if done or b"\r\n\r\n" not in self.request:
+            return
+        assert self.transport is not None
+        self.transport.write(self.response)
+        if self.end == "close_notify":
+            self.transport.loseConnection()
+        elif self.end == "fin":
+            # Under TLS: the TCP connection itself, with no close_notify;
+            # once newer Twisteds' TLS has flushed the writes it batches.
+            tcp = self.transport.transport  # type: ignore[attr-defined]
+            self.clock.callLater(0, tcp.loseConnection)
+        else:
+            assert self.end == "open", self.end
+
+
+class RawFactory(Factory):
+    """Builds L{RawResponder}s on the clock of the L{TLSServer} that takes it."""
+
+    clock = Clock()
+
+    def __init__(self, response: bytes, end: str) -> None:
+        self.response = response
+        self.end = end
+
+    def buildProtocol(self, addr: Any) -> RawResponder:
+        return RawResponder(self.response, self.end, self.clock)
+
+
+def raw_responder(response: bytes, end: str) -> RawFactory:
+    return RawFactory(response, end)
+
+
+def no_length_response(body: bytes) -> bytes:
+    """A 200 whose body has neither Content-Length nor chunking: it ends with the connection."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + body
+
+
 class TLSServer:
     """An HTTPS policy server on an in-memory connection, recording the SNI it saw."""
 
-    def __init__(self, issued: Issued, resource: Resource) -> None:
+    def __init__(
+        self, issued: Issued, resource: Resource | None = None, http: Factory | None = None
+    ) -> None:
         self.clock = Clock()
         self.server_names: list[bytes | None] = []
         options = issued.server_options()
         options.getContext().set_tlsext_servername_callback(
             lambda conn: self.server_names.append(conn.get_servername())
         )
-        site = Site(resource, reactor=self.clock)
+        if http is None:
+            http = Site(resource, reactor=self.clock)
+        elif isinstance(http, RawFactory):
+            http.clock = self.clock
         kw = {"clock": self.clock} if _TLS_TAKES_CLOCK else {}
-        self.factory = TLSMemoryBIOFactory(options, False, site, **kw)
+        self.factory = TLSMemoryBIOFactory(options, False, http, **kw)
 
     def accept(self, reactor: MemoryReactorClock, index: int = -1) -> iosim.IOPump:
         host, port, client_factory, _, _ = reactor.tcpClients[index]
@@ -589,11 +648,18 @@ class RealPathTests(SynchronousTestCase):
         )
 
     def serve(
-        self, issued: Issued, resource: Resource | None = None, **options: Any
+        self,
+        issued: Issued,
+        resource: Resource | None = None,
+        http: Factory | None = None,
+        **options: Any,
     ) -> tuple[Deferred[bytes], TLSServer, iosim.IOPump]:
         """Fetch from an in-memory HTTPS server presenting C{issued} and run the exchange."""
         d = self.fetcher(**options).fetch(DOMAIN)
-        server = TLSServer(issued, resource or PolicyResource())
+        if http is None:
+            server = TLSServer(issued, resource or PolicyResource())
+        else:
+            server = TLSServer(issued, http=http)
         pump = server.accept(self.reactor)
         server.run(self.reactor, pump)
         return d, server, pump
@@ -674,6 +740,88 @@ class RealPathTests(SynchronousTestCase):
         server.run(self.reactor, pump)
         self.assertEqual(len(resource.lost), 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_endless_headers_cut_at_total_limit(self) -> None:
+        """Headers that never end fail as 'too-large' once all bytes received pass max_size + 32 KiB, long before the deadline, and the connection is aborted."""
+        line = b"X-Padding: " + b"a" * 2000 + b"\r\n"
+        headers = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + line * 200
+        d, _, pump = self.serve(GOOD, http=raw_responder(headers, "open"), max_size=1000)
+        error = self.failureResultOf(d, FetchError).value
+        self.assertEqual(error.kind, "too-large", str(error))
+        self.assertIn(f"{1000 + fetch.HEADER_ALLOWANCE} byte limit", str(error))
+        self.assertTrue(pump.clientIO.aborted)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def exact_response(self, size: int, body: bytes = POLICY) -> bytes:
+        """A complete response of exactly C{size} bytes, padded with a header."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+        padding = size - len(head) - len(b"X-Padding: \r\n\r\n") - len(body)
+        response = head + b"X-Padding: " + b"p" * padding + b"\r\n\r\n" + body
+        assert len(response) == size
+        return response
+
+    def test_total_limit_counts_every_byte(self) -> None:
+        """A response of exactly max_size + 32 KiB bytes (status line, headers and body) is accepted; one byte more fails as 'too-large'."""
+        limit = len(POLICY) + fetch.HEADER_ALLOWANCE
+        # One header line may not pass Twisted's 16 KiB line limit.
+        extra = b"X-Filler: " + b"f" * 15000 + b"\r\n"
+        for size, ok in ((limit, True), (limit + 1, False)):
+            response = self.exact_response(size - 2 * len(extra))
+            response = response.replace(b"X-Padding", extra * 2 + b"X-Padding", 1)
+            self.assertEqual(len(response), size)
+            self.reactor = MemoryReactorClock()
+            d, _, _ = self.serve(
+                GOOD, http=raw_responder(response, "close_notify"), max_size=len(POLICY)
+            )
+            if ok:
+                self.assertEqual(self.successResultOf(d), POLICY)
+            else:
+                self.assertEqual(self.failureResultOf(d, FetchError).value.kind, "too-large")
+
+    def test_body_without_length_ended_by_close_notify(self) -> None:
+        """A body without Content-Length ended by the server's TLS close_notify is the policy."""
+        d, _, _ = self.serve(GOOD, http=raw_responder(no_length_response(POLICY), "close_notify"))
+        self.assertEqual(self.successResultOf(d), POLICY)
+
+    def test_body_without_length_cut_by_tcp_fin(self) -> None:
+        """A body without Content-Length ended by a TCP FIN with no close_notify fails as 'truncated', though it parses as a policy."""
+        d, _, _ = self.serve(GOOD, http=raw_responder(no_length_response(POLICY), "fin"))
+        error = self.failureResultOf(d, FetchError).value
+        self.assertEqual(error.kind, "truncated", str(error))
+        self.assertIn("close_notify", str(error))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_content_length_body_then_tcp_fin(self) -> None:
+        """A body whose Content-Length is reached counts even if the server then drops TCP without close_notify."""
+        response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(POLICY), POLICY)
+        )
+        d, _, _ = self.serve(GOOD, http=raw_responder(response, "fin"))
+        self.assertEqual(self.successResultOf(d), POLICY)
+
+    def test_content_length_body_cut_by_tcp_fin(self) -> None:
+        """A body that stops short of its Content-Length fails, whatever it parses as."""
+        response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(POLICY) + 10, POLICY)
+        )
+        for end in ("fin", "close_notify"):
+            self.reactor = MemoryReactorClock()
+            d, _, _ = self.serve(GOOD, http=raw_responder(response, end))
+            self.failureResultOf(d, FetchError)
+
+    def test_chunked_body_without_final_chunk(self) -> None:
+        """A chunked body with no final chunk fails even when TLS closes cleanly."""
+        response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n" % (len(POLICY), POLICY)
+        )
+        d, _, _ = self.serve(GOOD, http=raw_responder(response, "close_notify"))
+        self.failureResultOf(d, FetchError)
+        self.reactor = MemoryReactorClock()
+        d, _, _ = self.serve(GOOD, http=raw_responder(response + b"0\r\n\r\n", "fin"))
+        self.assertEqual(self.successResultOf(d), POLICY)
 
     def test_connect_timeout(self) -> None:
         """A connection attempt that never completes fails as 'timeout' and the attempt is stopped."""

@@ -704,17 +704,176 @@ class SpoofingTests(ResolverTestCase):
         self.assertFalse(port.stopped)
         self.assertEqual(len(self.reactor.udp), 1)
 
-    def test_malformed_response_counts_as_failure(self) -> None:
-        """Unparseable bytes with our id from the server fail that try as malformed and move on."""
-        d = self.resolver(attempts=1).query("example.test", A)
-        for port in self.reactor.udp[:1]:
-            port.receive(port.query().id.to_bytes(2, "big") + b"\x81\x80\x00\x05garbage")
-        self.assertEqual(len(self.reactor.udp), 2)
-        self.assertTrue(self.reactor.udp[0].stopped)
-        port = self.reactor.udp[1]
+    def test_junk_with_our_id_does_not_end_the_try(self) -> None:
+        """Unparseable bytes with our id are ignored: the server's answer that follows is used."""
+        d = self.resolver().query("example.test", A)
+        port = self.reactor.udp[0]
         port.receive(port.query().id.to_bytes(2, "big") + b"\x81\x80\x00\x05garbage")
+        self.assertNoResult(d)
+        self.assertFalse(port.stopped)
+        self.assertEqual(self.reactor.tcpClients, [])
+        port.receive(response(port.query(), ["example.test. 60 IN A 192.0.2.1"]))
+        self.assertEqual(self.successResultOf(d).records[0].address, "192.0.2.1")
+        self.assertClean()
+
+    def test_junk_from_another_source_ignored(self) -> None:
+        """Junk with our id from another address or port changes nothing."""
+        d = self.resolver().query("example.test", A)
+        port = self.reactor.udp[0]
+        junk = port.query().id.to_bytes(2, "big") + b"\x81\x80\x00\x05garbage"
+        port.receive(junk, ("127.0.0.99", 53))
+        port.receive(junk, (SERVER1, 5300))
+        self.reactor.advance(2.0)
+        self.assertEqual(self.reactor.tcpClients, [], "only a junk datagram from the server counts")
+        self.assertEqual(self.reactor.udp[1].destination(), (SERVER2, 53))
+        self.assertNoResult(d)
+
+    def test_only_junk_then_tcp(self) -> None:
+        """A UDP try that got only junk with our id goes on over TCP at its deadline, to the same server."""
+        d = self.resolver(attempts=1, timeout=2.0).query("example.test", A)
+        port = self.reactor.udp[0]
+        port.receive(port.query().id.to_bytes(2, "big") + b"\x81\x80\x00\x05garbage")
+        self.reactor.advance(1.9)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.reactor.advance(0.1)
+        self.assertTrue(port.stopped)
+        self.assertEqual(self.reactor.tcpClients[0][:2], (SERVER1, 53))
+        protocol, transport = self.connect_tcp()
+        query = dns.message.from_wire(transport.value()[2:])
+        protocol.dataReceived(framed(response(query, ["example.test. 60 IN A 192.0.2.1"])))
+        self.assertEqual(self.successResultOf(d).records[0].address, "192.0.2.1")
+        self.assertClean()
+
+    def test_only_junk_everywhere_is_malformed(self) -> None:
+        """Junk over UDP and over TCP from every server fails the lookup as malformed."""
+        d = self.resolver(attempts=1, timeout=1.0).query("example.test", A)
+        for index in range(2):
+            port = self.reactor.udp[index]
+            port.receive(port.query().id.to_bytes(2, "big") + b"\x81\x80\x00\x05garbage")
+            self.reactor.advance(1.0)
+            protocol, transport = self.connect_tcp(index)
+            protocol.dataReceived(b"\x00\x0b" + transport.value()[2:4] + b"\x81\x80\x00\x05garbage")
         error = self.failureResultOf(d, DNSError).value
         self.assertEqual(error.kind, "malformed")
+        self.assertClean()
+
+
+def big_txt_response(query: dns.message.Message, records: int = 60) -> dns.message.Message:
+    """A response of about 12.9 KB: `records` TXT records of 200 bytes each, the last one the real one."""
+    name = query.question[0].name.to_text()
+    lines = [f'{name} 300 IN TXT "filler{i:02d}={"x" * 190}"' for i in range(records - 1)]
+    lines.append(f'{name} 300 IN TXT "v=STSv1; id=last"')
+    r = dns.message.make_response(query)
+    r.flags |= dns.flags.AD
+    # One RRset per record keeps them in order on the wire.
+    for line in lines:
+        r.answer.append(_rrset(line))
+    return r
+
+
+class WholeAnswerTests(ResolverTestCase):
+    """A response parsed only in part is never used: no shorter RRset."""
+
+    def test_over_long_datagram_retried_over_tcp(self) -> None:
+        """A 12.9 KB reply without TC, of which the reactor reads 8192 bytes, is asked again over TCP, whose whole RRset is used."""
+        d = self.resolver().query("_mta-sts.example.test", TXT)
+        port = self.reactor.udp[0]
+        wire = big_txt_response(port.query()).to_wire(max_size=65535)
+        self.assertGreater(len(wire), 12000)
+        port.receive(wire[:8192])
+        self.assertTrue(port.stopped)
+        self.assertEqual(self.reactor.tcpClients[0][:2], (SERVER1, 53))
+        protocol, transport = self.connect_tcp()
+        query = dns.message.from_wire(transport.value()[2:])
+        protocol.dataReceived(framed(big_txt_response(query)))
+        answer = self.successResultOf(d)
+        self.assertEqual(len(answer.records), 60)
+        self.assertIn(b"v=STSv1; id=last", [b"".join(r.strings) for r in answer.records])
+        self.assertClean()
+
+    def test_whole_datagram_over_payload_retried_over_tcp(self) -> None:
+        """A whole, parseable reply longer than the 1232 bytes we asked for is not used: TCP is asked."""
+        d = self.resolver().query("_mta-sts.example.test", TXT)
+        port = self.reactor.udp[0]
+        port.receive(big_txt_response(port.query(), records=7).to_wire(max_size=65535))
+        self.assertNoResult(d)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_reply_of_exactly_the_payload_used(self) -> None:
+        """A reply of exactly 1232 bytes is used as it is."""
+        d = self.resolver().query("example.test", TXT)
+        port = self.reactor.udp[0]
+        r = response(port.query(), ['example.test. 60 IN TXT "" "" "" "" "" "" ""'])
+        padding = 1232 - len(r.to_wire())
+        strings = " ".join(f'"{"x" * min(255, padding - 255 * i)}"' for i in range(7))
+        r = response(port.query(), [f"example.test. 60 IN TXT {strings}"])
+        self.assertEqual(len(r.to_wire()), 1232)
+        port.receive(r)
+        self.assertEqual(len(self.successResultOf(d).records), 1)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def cut(self, message: dns.message.Message, drop: int) -> bytes:
+        """The message's wire form without its last `drop` bytes, its header still counting every record."""
+        return message.to_wire(max_size=65535)[:-drop]
+
+    def test_cut_datagram_is_junk(self) -> None:
+        """A datagram cut inside its last record (no TC) is ignored, never read as fewer records."""
+        d = self.resolver().query("example.test", A)
+        port = self.reactor.udp[0]
+        full = response(port.query(), [f"example.test. 60 IN A 192.0.2.{i}" for i in range(1, 4)])
+        port.receive(self.cut(full, 3))
+        self.assertNoResult(d)
+        self.assertFalse(port.stopped)
+        port.receive(full)
+        self.assertEqual(len(self.successResultOf(d).records), 3)
+
+    def test_broken_name_is_junk(self) -> None:
+        """A record whose owner name points forward (parsing stops there) makes the datagram junk, not a shorter RRset."""
+        d = self.resolver().query("example.test", A)
+        port = self.reactor.udp[0]
+        full = response(port.query(), [f"example.test. 60 IN A 192.0.2.{i}" for i in range(1, 4)])
+        wire = full.to_wire()
+        # Every owner name is a pointer to the question's name at offset 12.
+        second = wire.index(b"\xc0\x0c", wire.index(b"\xc0\x0c") + 1)
+        broken = wire[:second] + b"\xc0\xff" + wire[second + 2 :]
+        port.receive(broken)
+        self.assertNoResult(d)
+        port.receive(full)
+        self.assertEqual(len(self.successResultOf(d).records), 3)
+
+    def test_trailing_junk_is_junk(self) -> None:
+        """Bytes after the last record the header counts make the datagram junk."""
+        d = self.resolver().query("example.test", A)
+        port = self.reactor.udp[0]
+        full = response(port.query(), ["example.test. 60 IN A 192.0.2.1"])
+        port.receive(full.to_wire() + b"\x00\x01")
+        self.assertNoResult(d)
+        port.receive(full)
+        self.assertEqual(len(self.successResultOf(d).records), 1)
+
+    def test_no_prefix_is_a_shorter_rrset(self) -> None:
+        """Whatever length a response is cut to, it is ignored, never taken for fewer records."""
+        query = dns.message.make_query("example.test", TXT, use_edns=0, payload=1232)
+        full = big_txt_response(query, records=5).to_wire()
+        for size in range(len(full)):
+            d = self.resolver(attempts=1, nameservers=[SERVER1]).query("example.test", TXT)
+            port = self.reactor.udp[-1]
+            port.receive(port.query().id.to_bytes(2, "big") + full[2:size])
+            self.assertNoResult(d)
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+
+    def test_cut_tcp_response_fails(self) -> None:
+        """Over TCP, a message cut short inside its length frame fails as malformed."""
+        d = self.resolver(attempts=1, nameservers=[SERVER1]).query("example.test", A)
+        self.truncate(d)
+        protocol, transport = self.connect_tcp()
+        query = dns.message.from_wire(transport.value()[2:])
+        wire = self.cut(
+            response(query, [f"example.test. 60 IN A 192.0.2.{i}" for i in range(1, 4)]), 7
+        )
+        protocol.dataReceived(len(wire).to_bytes(2, "big") + wire)
+        self.assertEqual(self.failureResultOf(d, DNSError).value.kind, "malformed")
         self.assertClean()
 
 

@@ -4,8 +4,9 @@ DNS client for the cold path: the MTA-STS evaluator asks it for the
 get an L{Answer} carrying the records, their TTL and whether the configured
 (local, validating) resolver vouched for them with the AD bit. dnspython
 builds and parses the messages; Twisted carries them over UDP, and over TCP
-when a response is truncated, with a deadline on every try, retries across
-the configured nameservers, and cancellation that closes sockets and timers.
+when a response is truncated or longer than asked for; a response that does
+not parse whole is never used in part. Every try has a deadline; failed tries
+move across the configured nameservers; cancellation closes sockets and timers.
 A lookup that ends with no usable answer raises L{DNSError}: the caller must
 then treat the name's state as unknown (a SERVFAIL is how a validating
 resolver reports bogus data).
@@ -52,6 +53,10 @@ __all__ = [
 _EDNS_PAYLOAD = 1232
 _HEADER = struct.Struct("!HH")
 _LENGTH = struct.Struct("!H")
+# QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT, after the id and the flags.
+_COUNTS = struct.Struct("!4H")
+_MESSAGE_HEADER_SIZE = _HEADER.size + _COUNTS.size
+_QR = int(dns.flags.QR)
 _TC = int(dns.flags.TC)
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
@@ -204,40 +209,132 @@ _LENIENT: dict[str, bool] = (
 
 
 class _Truncated(Exception):
-    """The UDP response had TC set: ask the same server again over TCP."""
+    """
+    The UDP response is not the whole answer: TC is set, or it is longer
+    than the payload we asked for (the reactor reads at most 8192 bytes of
+    a datagram, so it may be cut). Ask the same server again over TCP.
+    """
+
+    def __init__(self, why: str = "is truncated") -> None:
+        super().__init__(why)
+        self.why = why
 
 
-def _response_or_none(query: dns.message.Message, data: bytes) -> dns.message.Message | None:
+def _response_or_none(
+    query: dns.message.Message, data: bytes, max_size: int | None = None
+) -> dns.message.Message | None:
     """
     Parse C{data} as the response to C{query}. Return None for bytes that are
-    not addressed to this query (wrong id or question), which a caller waiting
-    on UDP ignores. Raise L{_Truncated} or L{_TryFailed} for a response to
-    this query that is truncated or cannot be parsed.
+    not addressed to this query (wrong id, no QR bit or another question),
+    which a caller waiting on UDP ignores. Raise L{_Truncated} for a response
+    to this query with TC set or longer than C{max_size}, and L{_TryFailed}
+    for one that cannot be parsed whole.
     """
+    if len(data) < _HEADER.size:
+        return None
+    message_id, flags = _HEADER.unpack_from(data)
+    if message_id != query.id or not flags & _QR:
+        return None
+    if flags & _TC:
+        raise _Truncated()
+    if max_size is not None and len(data) > max_size:
+        raise _Truncated(f"has {len(data)} bytes, over the {max_size} asked for")
+    cut = _framing_error(data)
+    if cut is not None:
+        raise _TryFailed("malformed", f"response {cut}")
     try:
         response = dns.message.from_wire(data, **_LENIENT)  # type: ignore[arg-type]
-        if getattr(response, "errors", None) and not query.is_response(response):
-            raise ValueError("response too malformed to match a query")
-    except Exception:
-        # Unparseable. If the header says it is ours, it counts against the
-        # server (and TC means a partial message, worth a TCP retry).
-        if len(data) < _HEADER.size:
-            return None
-        message_id, flags = _HEADER.unpack_from(data)
-        if message_id != query.id or not flags & int(dns.flags.QR):
-            return None
-        if flags & _TC:
-            raise _Truncated()
-        raise _TryFailed("malformed", "unparseable response")
+    except Exception as e:
+        raise _TryFailed("malformed", f"unparseable response ({type(e).__name__})") from None
+    problem = _unaccounted(data, response)
+    if problem is not None:
+        raise _TryFailed("malformed", problem)
     if not query.is_response(response):
         return None
     return response
+
+
+def _framing_error(wire: bytes) -> str | None:
+    """
+    Why C{wire} is not one whole message (every record the header counts
+    present to its last byte, and nothing after them), or None. Names are
+    walked, not decompressed: a pointer just ends one.
+    """
+    if len(wire) < _MESSAGE_HEADER_SIZE:
+        return "shorter than a header"
+    counts = _COUNTS.unpack_from(wire, _HEADER.size)
+    offset = _MESSAGE_HEADER_SIZE
+    for section, count in enumerate(counts):
+        for _ in range(count):
+            end = _name_end(wire, offset)
+            if end is None:
+                return "cut short in a name"
+            offset = end + (4 if section == 0 else 10)
+            if offset > len(wire):
+                return "cut short in a record header"
+            if section:
+                (rdlength,) = _LENGTH.unpack_from(wire, offset - 2)
+                offset += rdlength
+                if offset > len(wire):
+                    return "cut short in a record's data"
+    if offset != len(wire):
+        return f"followed by {len(wire) - offset} bytes of junk"
+    return None
+
+
+def _name_end(wire: bytes, offset: int) -> int | None:
+    """Where the name at C{offset} ends on the wire, None if it runs past the end."""
+    while offset < len(wire):
+        length = wire[offset]
+        if length >= 0xC0:
+            return offset + 2 if offset + 2 <= len(wire) else None
+        if length > 63:
+            return None  # a label type nobody uses
+        offset += 1 + length
+        if length == 0:
+            return offset
+    return None
+
+
+def _unaccounted(data: bytes, response: dns.message.Message) -> str | None:
+    """
+    Why a leniently parsed response is not whole, or None if it is.
+
+    continue_on_error skips a record whose data it cannot parse and goes on,
+    but at a broken name (in a message whose framing is whole) it stops for
+    good and returns what came before: a shorter RRset, which must never
+    pass for the answer. So every record the header counts must be either
+    read or listed as skipped; counted on a second parse with one record
+    per RRset, since the first merges duplicates.
+    """
+    errors = getattr(response, "errors", None)
+    if not errors:
+        return None
+    try:
+        again = dns.message.from_wire(data, one_rr_per_rrset=True, **_LENIENT)  # type: ignore[arg-type]
+    except Exception as e:
+        return f"unparseable response ({type(e).__name__})"
+    announced = sum(_COUNTS.unpack_from(data, _HEADER.size)[1:])
+    read = sum(len(rrset) for rrset in (*again.answer, *again.authority, *again.additional))
+    read += (again.opt is not None) + (again.tsig is not None)
+    skipped = len(getattr(again, "errors", ()))
+    if read + skipped != announced:
+        return (
+            f"response parsed only in part: {announced} records announced, "
+            f"{read} read, {skipped} errors"
+        )
+    return None
 
 
 class _DatagramQuery(DatagramProtocol):
     """
     One query over UDP from its own ephemeral port, so that the port number
     and the message id together make an off-path forgery hard.
+
+    A datagram with our id that cannot be parsed whole does not end the try:
+    anyone who sees the query can send one, and the server's answer may
+    still follow. C{unusable} says what the last one was, so that a try that
+    gets nothing better can go on over TCP.
     """
 
     noisy = False
@@ -250,6 +347,7 @@ class _DatagramQuery(DatagramProtocol):
         self._server_port = port
         self._listening: Any = None
         self._done = False
+        self.unusable: str | None = None
         self.deferred: Deferred[dns.message.Message] = Deferred(self._cancel)
 
     def start(self, reactor: Any) -> Deferred[dns.message.Message]:
@@ -269,15 +367,14 @@ class _DatagramQuery(DatagramProtocol):
         if self._done or not self._from_server(addr):
             return
         try:
-            response = _response_or_none(self._query, datagram)
-        except (_Truncated, _TryFailed) as e:
+            response = _response_or_none(self._query, datagram, _EDNS_PAYLOAD)
+        except _Truncated as e:
             self._finish(Failure(e))
             return
-        if response is None:
+        except _TryFailed as e:
+            self.unusable = e.detail
             return
-        if response.flags & _TC:
-            self._finish(Failure(_Truncated()))
-        else:
+        if response is not None:
             self._finish(response)
 
     def connectionRefused(self) -> None:
@@ -627,16 +724,27 @@ class Resolver:
         query.id = secrets.randbelow(0x10000)
         # Ask for AD explicitly too (RFC 6840 5.7), not only through DO.
         query.flags |= dns.flags.AD
+        datagram = _DatagramQuery(query, server, self._port)
         try:
-            return await self._deadline(
-                _DatagramQuery(query, server, self._port).start(self._reactor)
-            )
-        except _Truncated:
+            return await self._deadline(datagram.start(self._reactor))
+        except _Truncated as e:
             self._log.debug(
-                "DNS response from {server} for {name}/{rdtype} is truncated; retrying over TCP",
+                "DNS response from {server} for {name}/{rdtype} {why}; retrying over TCP",
                 server=server,
                 name=_name_text(qname),
                 rdtype=_type_text(rdtype),
+                why=e.why,
+            )
+        except _TryFailed as e:
+            if e.kind != "timeout" or datagram.unusable is None:
+                raise
+            self._log.debug(
+                "No usable UDP response from {server} for {name}/{rdtype}, only junk"
+                " ({detail}); retrying over TCP",
+                server=server,
+                name=_name_text(qname),
+                rdtype=_type_text(rdtype),
+                detail=datagram.unusable,
             )
         return await self._deadline(
             _StreamQueryFactory(query).start(self._reactor, server, self._port, self._timeout)

@@ -5,7 +5,9 @@ and gets back the raw bytes of ``https://mta-sts.<domain>/.well-known/mta-sts.tx
 or a L{FetchError} whose C{kind} says which step failed. The policy host is
 resolved through the daemon's own DNS client (never getaddrinfo), connected to
 by IP with SNI, PKIX and hostname checks, and the whole exchange runs under one
-deadline with a cap on the decoded body. Parsing the body is not done here.
+deadline, with a cap on the decoded body and one on every byte received
+(headers included). A body counts only if the server marked its end. Parsing
+the body is not done here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocol,
@@ -41,6 +43,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
@@ -74,6 +77,7 @@ KINDS = (
     "redirect",
     "content-type",
     "too-large",
+    "truncated",
     "timeout",
     "http",
 )
@@ -81,6 +85,12 @@ KINDS = (
 # A TCP connect to one address may take this long before the next address is
 # tried, so a black-holed IPv6 route does not eat the whole deadline.
 CONNECT_ATTEMPT_TIMEOUT = 10.0
+
+# Every byte received for one fetch (status line, headers, chunk framing and
+# the body as sent) may exceed the body cap by this much. Twisted's HTTP
+# parser caps each header line, not their number: without a cap on the
+# whole, a policy host streaming headers grows the daemon without bound.
+HEADER_ALLOWANCE = 32 * 1024
 
 # After a complete response the HTTP layer closes the connection gracefully;
 # a peer that never answers the TLS close_notify is cut off after this long.
@@ -196,18 +206,97 @@ def load_trust_root(path: str) -> IOpenSSLTrustRoot:
 class _Connections:
     """
     The TCP connections opened for one fetch, so that a deadline, an
-    oversized body or any other failure can cut them off whatever state the
-    HTTP and TLS layers are in.
+    oversized response or any other failure can cut them off whatever state
+    the HTTP and TLS layers are in; and what L{_CountedProtocol} saw on
+    them: the bytes received against C{limit}, and whether the server ended
+    the connection with a TLS close_notify.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.protocols: list[IProtocol] = []
+        self.limit = limit
+        self.received = 0
+        self.over_limit = False
+        self.closed_cleanly = False
 
     def abort(self) -> None:
         for protocol in self.protocols:
             transport = getattr(protocol, "transport", None)
             if transport is not None and not getattr(transport, "disconnected", False):
                 transport.abortConnection()
+
+
+class _CountedProtocol(ProtocolWrapper):
+    """
+    Between TLS and the HTTP client protocol: counts the plaintext bytes of
+    the response as they arrive and aborts the connection before the HTTP
+    parser sees the byte that passes the fetch's limit; and notes how the
+    connection ended. TLS passes ConnectionDone after the server's
+    close_notify and ConnectionLost (or the TLS error) for a TCP EOF
+    without one; the TLS connection's own shutdown state confirms it.
+    """
+
+    factory: _CountingFactory
+
+    def dataReceived(self, data: bytes) -> None:
+        connections = self.factory.connections
+        if connections.over_limit:
+            return
+        connections.received += len(data)
+        if connections.received > connections.limit:
+            connections.over_limit = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.connections.closed_cleanly = bool(
+            reason.check(ConnectionDone)
+        ) and _close_notify_received(self.transport)
+        super().connectionLost(reason)
+
+
+def _close_notify_received(transport: object) -> bool:
+    """
+    Whether TLS under C{transport} got the peer's close_notify, where the
+    TLS layer still shows its connection (Twisted's does, up to the end of
+    its connectionLost); otherwise the ConnectionDone alone decides.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, SSL.Connection):
+        return True
+    return bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+
+
+def _wrapped_protocol(counted: IProtocol) -> IProtocol:
+    assert isinstance(counted, _CountedProtocol)
+    return counted.wrappedProtocol
+
+
+class _CountingFactory(WrappingFactory):
+    protocol = _CountedProtocol
+    noisy = False
+
+    def __init__(self, wrapped: Any, connections: _Connections) -> None:
+        super().__init__(wrapped)
+        self.connections = connections
+
+
+@implementer(IStreamClientEndpoint)
+class _CountedEndpoint:
+    """
+    Connect through C{endpoint} (TLS over TCP) with L{_CountedProtocol}
+    around the HTTP protocol, which is what the caller gets back.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, connections: _Connections) -> None:
+        self._endpoint = endpoint
+        self._connections = connections
+
+    def connect(self, protocolFactory: Any) -> Deferred[IProtocol]:
+        d = self._endpoint.connect(_CountingFactory(protocolFactory, self._connections))
+        return d.addCallback(_wrapped_protocol)
 
 
 @implementer(IStreamClientEndpoint)
@@ -299,11 +388,13 @@ class _PolicyHostEndpoints:
         tls_options: IOpenSSLClientConnectionCreator,
         addresses: _AddressListEndpoint,
         reactor: Any,
+        connections: _Connections,
     ) -> None:
         self._host = host
         self._tls_options = tls_options
         self._addresses = addresses
         self._reactor = reactor
+        self._connections = connections
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         if uri.scheme != b"https" or uri.host != self._host.encode("ascii"):
@@ -312,8 +403,10 @@ class _PolicyHostEndpoints:
                 f"{self._host} is allowed"
             )
         if _WRAP_TLS_TAKES_CLOCK:
-            return wrapClientTLS(self._tls_options, self._addresses, clock=self._reactor)
-        return wrapClientTLS(self._tls_options, self._addresses)
+            tls = wrapClientTLS(self._tls_options, self._addresses, clock=self._reactor)
+        else:
+            tls = wrapClientTLS(self._tls_options, self._addresses)
+        return _CountedEndpoint(tls, self._connections)
 
 
 class _TooLarge(Exception):
@@ -322,15 +415,25 @@ class _TooLarge(Exception):
         self.size = size
 
 
+class _EndNotMarked(Exception):
+    """A body without length or chunking that ended with no TLS close_notify."""
+
+
 class _CappedBody(Protocol):
     """
     Collect a response body, giving up as soon as it grows past the cap (and
     when cancelled) by stopping the transport, so that a server cannot make
     us buffer or wait forever. treq.collect cannot be cancelled, hence this.
+
+    A body with neither Content-Length nor chunking ends when the connection
+    does (Twisted's PotentialDataLoss); it counts only if C{closed_cleanly}
+    says the server closed TLS with close_notify, since a bare TCP FIN can
+    be forged on the path and would cut the policy short.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, closed_cleanly: Callable[[], bool]) -> None:
         self._limit = limit
+        self._closed_cleanly = closed_cleanly
         self._size = 0
         self._chunks: list[bytes] = []
         self._finished = False
@@ -350,8 +453,15 @@ class _CappedBody(Protocol):
         if self._finished:
             return
         self._finished = True
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._chunks))
+        body = b"".join(self._chunks)
+        self._chunks = []
+        if reason.check(ResponseDone):
+            self.done.callback(body)
+        elif reason.check(PotentialDataLoss):
+            if self._closed_cleanly():
+                self.done.callback(body)
+            else:
+                self.done.errback(_EndNotMarked())
         else:
             self.done.errback(reason)
 
@@ -445,7 +555,7 @@ class PolicyFetcher:
             raise FetchError(domain, "dns", f"{host!r}: not a valid host name")
         self._log.debug("Resolving {host} to fetch the MTA-STS policy", host=host)
         addresses = await self._resolve(domain, host)
-        connections = _Connections()
+        connections = _Connections(self._max_size + HEADER_ALLOWANCE)
         agent = self._agent(host, addresses, connections)
         url = f"https://{host}{POLICY_PATH}"
         try:
@@ -458,17 +568,26 @@ class PolicyFetcher:
             )
             self._log.debug("HTTP {code} from {host}", code=response.code, host=host)
             self._check_response(domain, host, response)
-            body = await self._read_body(domain, host, response)
-        except FetchError as e:
-            connections.abort()
-            self._log.debug("Policy fetch from {host} failed: {error}", host=host, error=e)
-            raise
+            body = await self._read_body(domain, host, response, connections)
         except Exception as e:
             connections.abort()
-            error = _classify(domain, host, self._port, e)
+            if connections.over_limit:
+                # Whatever the HTTP layer made of the cut, this is why.
+                error = FetchError(
+                    domain,
+                    "too-large",
+                    f"{host}: response over the {connections.limit} byte limit "
+                    f"on headers and body",
+                )
+            elif isinstance(e, FetchError):
+                error = e
+            else:
+                error = _classify(domain, host, self._port, e)
             self._log.debug(
                 "Policy fetch from {host} failed: {error}", host=host, error=error
             )
+            if error is e:
+                raise
             raise error from e
         if connections.protocols:
             self._reactor.callLater(_CLOSE_GRACE, connections.abort)
@@ -540,8 +659,11 @@ class PolicyFetcher:
     ) -> IAgentEndpointFactory:
         """
         Where the Agent's request for the policy URL really goes: TLS for
-        C{host} over TCP to C{addresses} in order.
+        C{host} over TCP to C{addresses} in order, every byte received
+        counted against the fetch's limit.
         """
+        if connections is None:
+            connections = _Connections(self._max_size + HEADER_ALLOWANCE)
         return _PolicyHostEndpoints(
             host,
             self.tls_options(host),
@@ -551,9 +673,10 @@ class PolicyFetcher:
                 addresses,
                 self._port,
                 min(self._connect_timeout, self._timeout),
-                connections if connections is not None else _Connections(),
+                connections,
             ),
             self._reactor,
+            connections,
         )
 
     def tls_options(self, host: str) -> IOpenSSLClientConnectionCreator:
@@ -595,11 +718,20 @@ class PolicyFetcher:
                     f"{self._max_size} byte limit",
                 )
 
-    async def _read_body(self, domain: str, host: str, response: IResponse) -> bytes:
-        reader = _CappedBody(self._max_size)
+    async def _read_body(
+        self, domain: str, host: str, response: IResponse, connections: _Connections
+    ) -> bytes:
+        reader = _CappedBody(self._max_size, lambda: connections.closed_cleanly)
         response.deliverBody(reader)
         try:
             return await reader.done
+        except _EndNotMarked:
+            raise FetchError(
+                domain,
+                "truncated",
+                f"{host}: body without Content-Length or chunking ended with no "
+                f"TLS close_notify; it may have been cut short",
+            ) from None
         except _TooLarge as e:
             raise FetchError(
                 domain,

@@ -27,6 +27,12 @@ POLICY_PORT = 443
 # trickles, streams forever), also on port 443: the daemon fetches only there.
 # (bench/compare takes 127.0.0.45:443 and 127.0.0.36:53.)
 FAULTY_POLICY_ADDRESS = "127.0.0.46"
+# test_hostile_servers.py's own servers: a TLS policy host that streams
+# headers or cuts its body without close_notify (on POLICY_PORT), and a DNS
+# server sending UDP replies over 8 KiB and junk (on port 53).
+# (test_load.py and bench/flood.py take 127.0.0.38.)
+HOSTILE_POLICY_ADDRESS = "127.0.0.47"
+HOSTILE_DNS_ADDRESS = "127.0.0.39"
 # The SMTP sinks of the delivery tests, one MX address per test.
 SINK_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(61, 71))
 SMTP_PORT = 25
