@@ -283,9 +283,10 @@ class MemoryTests(SynchronousTestCase):
         s = state(sts(), memory=Remembered("dane-only", 12.5))
         data = s.to_json()
         self.assertEqual(data["memory"], {"action": "dane-only", "seen_at": 12.5})
-        self.assertNotIn("best", data)
+        # Also under 0.1.0's name, for fleets upgraded one daemon at a time.
+        self.assertEqual(data["best"], data["memory"])
         self.assertEqual(DomainState.from_json(data), s)
-        del data["memory"]
+        del data["memory"], data["best"]
         self.assertIsNone(DomainState.from_json(data).memory)
         for bad in ({"action": "sts-testing", "seen_at": 1}, {"action": "dane"}, [1],
                     {"action": "dane", "seen_at": True}):
@@ -299,7 +300,7 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(DomainState.from_json(data).memory, Remembered("sts-enforce", 7.0))
         data["memory"] = {"action": "dane", "seen_at": 9.0}
         self.assertEqual(DomainState.from_json(data).memory, Remembered("dane", 9.0))
-        self.assertEqual(set(DomainState.from_json(data).to_json()), {"v", "sts", "memory"})
+        self.assertEqual(set(DomainState.from_json(data).to_json()), {"v", "sts", "memory", "best"})
 
 
 POSTFIX = BUILTIN_PROFILES["postfix"]
