@@ -204,8 +204,10 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
             password=config.store.redis_password,
             db=config.store.redis_db,
         )
+        admin = config.admin
         redis = RedisStore(
-            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix
+            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix,
+            memory=admin.memory if admin.downgrade != "off" else 0.0,
         )
         redis.open()
         return redis, lambda: None
