@@ -9,8 +9,9 @@ a background re-check (stale-while-revalidate).  A lookup of an unknown domain
 starts an evaluation and waits for it no longer than the lookup deadline
 (L{mxpolicyd.cache.evaluations}).  Domains holding no policy are capped in
 number (L{mxpolicyd.cache.entries}).  An idle domain whose downgrade memory
-outlives the refresh window is reduced to it (L{reduce}), and a lookup of
-it then waits for a fresh evaluation as for a new domain.  At start-up the
+outlives the refresh window, or one evicted for room, is reduced to its
+memory (L{reduce}), and a lookup of it then waits for a fresh evaluation as
+for a new domain.  At start-up the
 store is read in the background; a domain asked for before its batch
 arrives is read from the store on its own (L{mxpolicyd.cache.loading}).  In
 a fleet sharing the store, one daemon re-evaluates a domain for all
@@ -55,8 +56,9 @@ class CacheSettings:
     # Evaluations waiting for a slot; beyond, a lookup of a new domain is
     # answered at once as if its first evaluation had run out of time.
     max_waiting: int = 1000
-    # Cached domains holding no policy (entries.holds_policy); beyond, the
-    # least recently used are evicted, from the store too.
+    # Cached domains holding no unexpired MTA-STS policy (DANE ones too:
+    # entries.holds_policy); beyond, the least recently used are evicted,
+    # from the store too, or reduced to their downgrade memory.
     max_negative: int = 100000
     # How long this daemon holds a domain while it re-evaluates it for a
     # fleet sharing the store.
@@ -96,7 +98,7 @@ class PolicyCache:
         self._evicted_listeners: list[Callable[[Entry], None]] = []
         self._judge = EntryJudge(clock, metrics)
         self._entries = Entries(clock, store, metrics, settings.max_negative, self._busy,
-                                self._evicted)
+                                self._evicted, self._reduce_evicted)
         self._evaluations = Evaluations(
             clock, evaluator, self._settle, first_answer, self._judged_first, metrics,
             deadline=settings.deadline, max_evaluations=settings.max_evaluations,
@@ -309,7 +311,7 @@ class PolicyCache:
         """
         Keep only a domain's downgrade memory, in memory and in the store,
         and drop its evidence: an idle domain whose memory outlives the
-        refresh window.  Its next lookup waits for
+        refresh window, or one evicted for room.  Its next lookup waits for
         a fresh evaluation, judged against the memory.  None when the
         domain is not cached or holds no memory.
         """
@@ -407,6 +409,18 @@ class PolicyCache:
         entry = self._by_domain.get(verdict.domain)
         memory = entry.state.reduced() if entry is not None and entry.state.memory else None
         return self._judge.first_answer(verdict, memory)
+
+    def _reduce_evicted(self, entry: Entry) -> bool:
+        """
+        For an entry evicted for room: reduce it to its downgrade memory if
+        that is still to be kept (and tell the refresher, which forgets it
+        when the memory ages out); whether it was.
+        """
+        if self.memory_ends(entry.state) <= self._clock.seconds():
+            return False
+        self.reduce(entry.domain)
+        self._settled(entry)
+        return True
 
     def _busy(self, domain: str) -> bool:
         """Whether a domain is under evaluation or lease: not to be evicted."""

@@ -54,8 +54,9 @@ class MetricsConfig:
 class LookupConfig:
     deadline: float = 2.0
     max_evaluations: int = 100
-    # Cached domains holding no MTA-STS policy and no DANE verdict, at most
-    # (least recently used evicted first): what a flood of junk names costs.
+    # Cached domains holding no unexpired MTA-STS policy, DANE ones too, at
+    # most (least recently used evicted first): what a flood of names costs,
+    # junk or under a signed wildcard.
     max_negative: int = 100000
     # Evaluations queued for a slot, at most; beyond, a new domain gets the
     # first-evaluation answer at once.
