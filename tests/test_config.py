@@ -30,6 +30,12 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.lookup.max_negative, config.lookup.max_waiting),
                          (100000, 1000))
 
+    def test_block_private_by_default(self) -> None:
+        """Policy hosts on private addresses are refused unless the file says otherwise."""
+        self.assertTrue(parse({}, "t.toml").mta_sts.block_private)
+        config = parse({"mta_sts": {"block_private": False}}, "t.toml")
+        self.assertFalse(config.mta_sts.block_private)
+
     def test_state_directory(self) -> None:
         """systemd's STATE_DIRECTORY wins over XDG_STATE_HOME and HOME."""
         self.assertEqual(

@@ -75,7 +75,9 @@ class DNSConfig:
 class MTASTSConfig:
     trust_root: str | None = None
     fetch_timeout: float = 60.0
-    block_private: bool = False
+    # Refuse policy hosts on loopback, private and link-local addresses, so
+    # that a hostile domain cannot make the daemon reach inside the network.
+    block_private: bool = True
     txt_ttl_min: int = 60
     txt_ttl_max: int = 3600
     retry_interval: int = 300
@@ -288,7 +290,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     mta_sts = MTASTSConfig(
         trust_root=None if trust_root == "system" else trust_root,
         fetch_timeout=ms.positive("fetch_timeout", 60.0),
-        block_private=ms.get("block_private", False, bool),
+        block_private=ms.get("block_private", True, bool),
         txt_ttl_min=txt_ttl_min,
         txt_ttl_max=txt_ttl_max,
         retry_interval=ms.get(
