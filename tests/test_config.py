@@ -30,6 +30,20 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.lookup.max_negative, config.lookup.max_waiting),
                          (100000, 1000))
 
+    def test_unix_listeners_mode_660(self) -> None:
+        """A unix: lookup listener gets mode 660 unless its string names a mode; others are untouched."""
+        config = parse({
+            "socketmap": {"listen": ["unix:/run/a.sock", "unix:/run/b.sock:mode=666",
+                                     "unix:address=/run/c\\:d.sock:lockfile=1",
+                                     "tcp:8461:interface=127.0.0.1"]},
+            "exim": {"listen": ["unix:/run/e.sock", "unix:/run/f.sock:mode=600"]},
+        }, "t.toml")
+        self.assertEqual(config.socketmap.listen, (
+            "unix:/run/a.sock:mode=660", "unix:/run/b.sock:mode=666",
+            "unix:address=/run/c\\:d.sock:lockfile=1:mode=660",
+            "tcp:8461:interface=127.0.0.1"))
+        self.assertEqual(config.exim.listen, ("unix:/run/e.sock:mode=660", "unix:/run/f.sock:mode=600"))
+
     def test_block_private_by_default(self) -> None:
         """Policy hosts on private addresses are refused unless the file says otherwise."""
         self.assertTrue(parse({}, "t.toml").mta_sts.block_private)

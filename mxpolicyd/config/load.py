@@ -10,6 +10,7 @@ administrator can fix it without reading code.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,10 @@ from mxpolicyd.policy.admin import AdminPolicy
 
 DEFAULT_PATH = "/etc/mxpolicyd/mxpolicyd.toml"
 DEFAULT_LISTEN = ("tcp:8461:interface=127.0.0.1",)
+# The mode of a unix: lookup listener whose string gives none: the daemon's
+# user and group.  Twisted's own default, 666, would let every local user
+# ask.
+UNIX_LISTEN_MODE = "660"
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,18 @@ def _check_endpoint(value: str) -> str | None:
     return None
 
 
+def _with_unix_mode(description: str) -> str:
+    """
+    A C{unix:} listener string with C{mode=660} added unless it names a
+    mode itself; any other string as it is.
+    """
+    # Parameters are separated by colons not escaped with a backslash.
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] != "unix" or any(p.partition("=")[0] == "mode" for p in parts[1:]):
+        return description
+    return "%s:mode=%s" % (description, UNIX_LISTEN_MODE)
+
+
 def _check_client_endpoint(value: str) -> str | None:
     from twisted.internet.endpoints import clientFromString
 
@@ -201,7 +218,8 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     daemon.finish()
 
     sm = top.table("socketmap")
-    listen = list_of(sm, "listen", DEFAULT_LISTEN, _check_endpoint)
+    listen = tuple(
+        map(_with_unix_mode, list_of(sm, "listen", DEFAULT_LISTEN, _check_endpoint)))
     socketmap = SocketmapConfig(
         listen=listen,
         max_request_size=sm.get(
@@ -219,7 +237,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
     ex = top.table("exim")
     exim = EximConfig(
-        listen=list_of(ex, "listen", (), _check_endpoint),
+        listen=tuple(map(_with_unix_mode, list_of(ex, "listen", (), _check_endpoint))),
         timeout=ex.positive("timeout", 10.0),
         max_connections=ex.positive("max_connections", 1000),
     )
