@@ -10,6 +10,7 @@ administrator can fix it without reading code.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -120,6 +121,9 @@ class StoreConfig:
 @dataclass(frozen=True)
 class Config:
     state_directory: str
+    # daemon.user: the account a daemon started as root switches to once
+    # its listeners are bound and its store is open; None: no switch.
+    user: str | None = None
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
     exim: EximConfig = field(default_factory=EximConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -182,6 +186,30 @@ def _with_unix_mode(description: str) -> str:
     return "%s:mode=%s" % (description, UNIX_LISTEN_MODE)
 
 
+def unix_path(description: str) -> str | None:
+    """The file a C{unix:} listener string binds; None for any other kind."""
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] != "unix" or len(parts) < 2:
+        return None
+    named = [p[len("address="):] for p in parts[1:] if p.startswith("address=")]
+    path = named[0] if named else parts[1]
+    return None if "=" in path and not named else path.replace("\\:", ":")
+
+
+def _check_user(value: str) -> str | None:
+    if not value:
+        return 'must name an account, e.g. "nobody", or be left out'
+    try:
+        account = pwd.getpwnam(value)
+    except KeyError:
+        return "names %r, which is no account on this system (getent passwd %s)" % (
+            value, value)
+    if account.pw_uid == 0:
+        return ("names %r, whose uid is 0: give an unprivileged account (e.g. nobody, or "
+                "one of mxpolicyd's own), or leave the key out" % (value,))
+    return None
+
+
 def _check_client_endpoint(value: str) -> str | None:
     from twisted.internet.endpoints import clientFromString
 
@@ -215,6 +243,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     state_directory = daemon.get(
         "state_directory", default_state_directory(environ), str
     )
+    user = daemon.get("user", None, str, _check_user)
     daemon.finish()
 
     sm = top.table("socketmap")
@@ -385,6 +414,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
     return Config(
         state_directory=state_directory,
+        user=user,
         socketmap=socketmap,
         exim=exim,
         metrics=metrics,
