@@ -14,11 +14,11 @@ policy, which RFC 8461 says to keep until it expires, or downgrade memory
 (policy.downgrade_memory_days, longer than the window by default), which
 it keeps, without the evidence, until it ages out: forgetting it early
 would let an attacker who blocks the domain's next lookups downgrade it
-unnoticed.  A domain the cache
-evicts for room leaves the wheel at once, so that a flood of junk names does
-not linger here until their evidence would have come due.  In a fleet sharing a
-store, a short per-domain lease makes one daemon refresh a domain for all;
-the others adopt its result from the store.
+unnoticed.  A domain the cache evicts for room leaves the wheel at once, so
+that a flood of junk names does not linger here until their evidence would
+have come due.  In a fleet sharing a store, a short per-domain lease makes
+one daemon refresh a domain for all; the others adopt its result from the
+store.
 """
 
 from __future__ import annotations
