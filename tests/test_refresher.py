@@ -326,3 +326,22 @@ class EvictionTests(SynchronousTestCase):
         t = self.clock.seconds()
         self.evaluator.pending.pop().callback(state(t, t + 3600, policy, t + 86400))
         self.assertEqual(self.cache.negative, 0)
+
+    def test_memory_kept_for_room_then_dropped(self) -> None:
+        """A domain evicted for room keeps only its memory, is never refreshed, and goes when it ages out."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        now = self.clock.seconds()
+        remembered = replace(state(now, now + 100), memory=Remembered("dane", now))
+        self.cache.load([("kept.test", remembered)])
+        for domain in ("a.test", "b.test"):
+            self.clock.advance(1)
+            self.cache.load([(domain, state(now, now + 3600))])
+        entry = self.cache.get("kept.test")
+        assert entry is not None
+        self.assertTrue(entry.state.remembered_only)
+        self.clock.advance(29 * DAY)
+        self.assertIn("kept.test", self.cache)
+        self.assertNotIn("kept.test", [c[0] for c in self.evaluator.calls])
+        self.clock.advance(DAY)
+        self.assertNotIn("kept.test", self.cache)
+        self.assertIn("kept.test", self.store.deleted)
