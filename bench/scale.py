@@ -154,7 +154,9 @@ class Daemon:
                 '[dns]\nnameservers = ["127.0.0.1"]\nport = %d\ntimeout = 2.0\n'
                 '[lookup]\nmax_evaluations = %d\n'
                 '[refresh]\nenabled = %s\nconcurrency = %d\nstartup_spread = %s\n'
-                '[dane]\nttl_min = 3600\n[mta_sts]\ntxt_ttl_min = 3600\n'
+                '[dane]\nttl_min = 3600\n'
+                # The policy hosts, if any were fetched, are on loopback.
+                '[mta_sts]\ntxt_ttl_min = 3600\nblock_private = false\n'
                 % (state_dir, self.port, dns_port, max(concurrency * 2, 100),
                    "true" if refresh else "false", concurrency, spread)
             )

@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor, task
 
     from mxpolicyd.ops.systemd import Notifier, NotifyService
-    from mxpolicyd.tap import make_daemon
+    from mxpolicyd.tap import leave_root, make_daemon, restrict_umask
 
     config = _load(args)
     _begin_logging(LogLevel.debug if args.debug else LogLevel.info)
@@ -154,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
         return EXIT_ERROR
+    restrict_umask()
 
     def main(reactor: Any) -> Deferred[None]:
         try:
@@ -162,13 +163,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("mxpolicyd: configuration error: %s" % (e,), file=sys.stderr)
             raise SystemExit(EXIT_ERROR)
         daemon.service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
+        # The listeners are bound and the store is open: root is needed no
+        # more (daemon.user), or the administrator is told it is kept.
+        try:
+            leave_root(config)
+        except OSError as e:
+            print("mxpolicyd: cannot switch to daemon.user %s: %s" % (config.user, e),
+                  file=sys.stderr)
+            raise SystemExit(EXIT_ERROR)
         # The last child: READY=1 once the listeners are up, STOPPING=1 first.
         notify = NotifyService(
             Notifier.from_environ(), reactor,
             lambda: "serving; %d domains cached" % len(daemon.cache),
         )
         notify.setServiceParent(daemon.service)
-        reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
         # SIGHUP: re-read the file; a bad one is refused and the old kept.
         signal.signal(
             signal.SIGHUP,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import pwd
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -31,7 +32,7 @@ from mxpolicyd.answers.postfix import PostfixResponder
 from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.cache.refresher import Refresher
 from mxpolicyd.config.expiry import ExpiryWatch
-from mxpolicyd.config.load import Config, ConfigError, load
+from mxpolicyd.config.load import Config, ConfigError, load, unix_path
 from mxpolicyd.evidence.dane_lookups import DaneEvaluator
 from mxpolicyd.evidence.evaluator import Evaluator
 from mxpolicyd.evidence.sts_discovery import StsEvaluator
@@ -144,6 +145,7 @@ class Daemon:
             ("metrics.listen", old.metrics.listen, config.metrics.listen),
             ("store", old.store, config.store),
             ("daemon.state_directory", old.state_directory, config.state_directory),
+            ("daemon.user", old.user, config.user),
         ):
             if before != after:
                 _log.warn("Reload: {what} changed; restart mxpolicyd to apply it",
@@ -204,8 +206,10 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
             password=config.store.redis_password,
             db=config.store.redis_db,
         )
+        admin = config.admin
         redis = RedisStore(
-            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix
+            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix,
+            memory=admin.memory if admin.downgrade != "off" else 0.0,
         )
         redis.open()
         return redis, lambda: None
@@ -252,6 +256,94 @@ def raise_open_files_limit(config: Config) -> None:
             "lookup.max_evaluations may use; raise LimitNOFILE= (systemd) or "
             "lower those settings",
             limit=soft, needed=needed)
+
+
+# The widest umask the daemon runs with: new files at most 0640, new
+# directories at most 0750, and a unix socket never open to all between
+# bind() and Twisted's chmod() to the listener's mode.
+UMASK = 0o027
+
+
+def restrict_umask() -> int:
+    """
+    Narrow the process umask to at least L{UMASK} (a stricter one is kept);
+    returns the one before.
+    """
+    before = os.umask(UMASK)
+    os.umask(before | UMASK)
+    return before
+
+
+def state_files(config: Config) -> list[str]:
+    """
+    The files and directories the daemon creates and keeps writing: the
+    state directory, the SQLite store and its -wal and -shm files, and the
+    unix sockets it listens on (with the control socket's lock).
+    """
+    paths = [config.state_directory]
+    if config.store.backend == "sqlite":
+        paths += [config.store_path + suffix for suffix in ("", "-wal", "-shm")]
+    for description in config.socketmap.listen + config.exim.listen + config.metrics.listen:
+        path = unix_path(description)
+        if path is not None:
+            paths.append(path)
+    if config.control.socket:
+        paths += [config.control.socket, config.control.socket + ".lock"]
+    return paths
+
+
+def leave_root(config: Config, system: Any = os) -> None:
+    """
+    Once the listeners are bound and the store is open: started as root,
+    switch to daemon.user and its primary group, handing it the state
+    files (L{state_files}) that root made, so that it can go on writing
+    them and remove its sockets at stop; without daemon.user, warn that the
+    daemon runs as root.  Any other account stays as it is.
+
+    @param system: L{os}, or a test's fake of the calls used here.
+    @raise OSError: the switch failed; the daemon must not go on as root.
+    """
+    uid = system.geteuid()
+    user = config.user
+    if uid != 0:
+        if user is not None and pwd.getpwnam(user).pw_uid != uid:
+            _log.warn(
+                "daemon.user is {user}, but mxpolicyd was started as uid {uid}, not as "
+                "root, so it cannot switch: it runs as uid {uid}", user=user, uid=uid)
+        return
+    if user is None:
+        _log.warn(
+            "mxpolicyd runs as root, which it does not need: set daemon.user in {source} "
+            "(e.g. \"nobody\", or an account of its own) to switch to that account once "
+            "the listeners are bound, or start it as an unprivileged user (the Debian "
+            "unit runs it as _mxpolicyd)", source=config.source)
+        return
+    account = pwd.getpwnam(user)
+    new_uid, new_gid = account.pw_uid, account.pw_gid
+    paths = state_files(config)
+    for path in paths:
+        # Only what root owns: a file an administrator gave another
+        # account stays theirs.  lchown: the control socket's lock is a
+        # symlink to the daemon's pid.
+        try:
+            if system.lstat(path).st_uid == 0:
+                system.lchown(path, new_uid, new_gid)
+        except FileNotFoundError:
+            continue
+    system.setgroups([new_gid])
+    system.setgid(new_gid)
+    system.setuid(new_uid)
+    if system.getuid() != new_uid or system.geteuid() != new_uid:
+        raise OSError("still uid %d after switching to %s" % (system.geteuid(), user))
+    _log.info("Switched to user {user} (uid {uid}, gid {gid}) now that the listeners are "
+              "bound and the store is open", user=user, uid=new_uid, gid=new_gid)
+    for directory in sorted({os.path.dirname(p) for p in paths[1:]} - {""}):
+        if system.path.isdir(directory) and not system.access(directory, os.W_OK | os.X_OK):
+            _log.warn(
+                "{user} cannot write the directory {directory}: mxpolicyd cannot remove "
+                "its sockets or journal files there when it stops; make the directory "
+                "{user}'s, or keep mxpolicyd's files under daemon.state_directory",
+                user=user, directory=directory)
 
 
 def make_daemon(config: Config, reactor: Any) -> Daemon:
@@ -321,7 +413,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
                       lambda: scheduled.queue_depth)
     control = []
     if config.control.socket:
-        os.makedirs(os.path.dirname(config.control.socket), exist_ok=True)
+        os.makedirs(os.path.dirname(config.control.socket), mode=0o750, exist_ok=True)
         # Mode 660: the daemon's user and its group (the admins) only; the
         # lock file lets a restart replace a socket left by a crash.
         control = [

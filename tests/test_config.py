@@ -7,7 +7,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.answers.profiles import BUILTIN_PROFILES, Profile
-from mxpolicyd.config.load import ConfigError, default_state_directory, load, parse
+from mxpolicyd.config.load import ConfigError, default_state_directory, load, parse, unix_path
 
 
 class ConfigTests(SynchronousTestCase):
@@ -29,6 +29,52 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.dane.ttl_min, config.dane.ttl_max), (60, 3600))
         self.assertEqual((config.lookup.max_negative, config.lookup.max_waiting),
                          (100000, 1000))
+
+    def test_unix_listeners_mode_660(self) -> None:
+        """A unix: lookup listener gets mode 660 unless its string names a mode; others are untouched."""
+        config = parse({
+            "socketmap": {"listen": ["unix:/run/a.sock", "unix:/run/b.sock:mode=666",
+                                     "unix:address=/run/c\\:d.sock:lockfile=1",
+                                     "tcp:8461:interface=127.0.0.1"]},
+            "exim": {"listen": ["unix:/run/e.sock", "unix:/run/f.sock:mode=600"]},
+        }, "t.toml")
+        self.assertEqual(config.socketmap.listen, (
+            "unix:/run/a.sock:mode=660", "unix:/run/b.sock:mode=666",
+            "unix:address=/run/c\\:d.sock:lockfile=1:mode=660",
+            "tcp:8461:interface=127.0.0.1"))
+        self.assertEqual(config.exim.listen, ("unix:/run/e.sock:mode=660", "unix:/run/f.sock:mode=600"))
+
+    def test_daemon_user(self) -> None:
+        """daemon.user names an existing unprivileged account; by default there is none."""
+        self.assertIsNone(parse({}, "t.toml").user)
+        self.assertEqual(parse({"daemon": {"user": "nobody"}}, "t.toml").user, "nobody")
+        for value, problem in (
+            ("root", "test.toml: daemon.user names 'root', whose uid is 0: give an unprivileged"),
+            ("no-such-user-mxp", "test.toml: daemon.user names 'no-such-user-mxp', which is no "
+             "account on this system"),
+            ("", "test.toml: daemon.user must name an account"),
+            (65534, "test.toml: daemon.user must be a string, not 65534"),
+        ):
+            self.assertTrue(self.error({"daemon": {"user": value}}).startswith(problem),
+                            (value, self.error({"daemon": {"user": value}})))
+
+    def test_unix_path(self) -> None:
+        """The file of a unix: listener string, however its path is given; None for others."""
+        for description, path in (
+            ("unix:/run/a.sock", "/run/a.sock"),
+            ("unix:/run/a.sock:mode=660:lockfile=1", "/run/a.sock"),
+            ("unix:address=/run/b.sock:mode=600", "/run/b.sock"),
+            ("unix:mode=600:address=/run/c\\:d.sock", "/run/c:d.sock"),
+            ("tcp:8461:interface=127.0.0.1", None),
+            ("systemd:domain=UNIX:index=0", None),
+        ):
+            self.assertEqual(unix_path(description), path, description)
+
+    def test_block_private_by_default(self) -> None:
+        """Policy hosts on private addresses are refused unless the file says otherwise."""
+        self.assertTrue(parse({}, "t.toml").mta_sts.block_private)
+        config = parse({"mta_sts": {"block_private": False}}, "t.toml")
+        self.assertFalse(config.mta_sts.block_private)
 
     def test_state_directory(self) -> None:
         """systemd's STATE_DIRECTORY wins over XDG_STATE_HOME and HOME."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,22 +16,31 @@ from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.dane import DaneState, DaneStatus
 from mxpolicyd.evidence.state import DomainState, Remembered
 from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.admin import AdminPolicy
+from mxpolicyd.policy.verdict import Action, first_answer
 
 from .test_cache import RecordingStore, ScriptedEvaluator, enforced, negative
 
 
+def dane_only(now: float) -> DomainState:
+    """What a name under a DNSSEC-signed wildcard with TLSA leaves."""
+    return replace(negative(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
+                                                 checked_at=now, due_at=now + 60))
+
+
 class HoldsPolicyTests(SynchronousTestCase):
     def test_what_holds_a_policy(self) -> None:
-        """An unexpired policy, a DANE verdict or downgrade memory hold; expiry or nothing do not."""
+        """An unexpired policy or a state reduced to its memory hold; DANE verdicts, expiry or nothing do not."""
         now = 1000.0
         self.assertTrue(holds_policy(enforced(now), now))
         self.assertFalse(holds_policy(enforced(now), now + 86400))
         self.assertFalse(holds_policy(negative(now), now))
-        self.assertTrue(holds_policy(replace(negative(now), memory=Remembered("dane", now)), now))
-        for status, held in ((DaneStatus.DANE_ONLY, True), (DaneStatus.DANE, True),
-                             (DaneStatus.TEMP, False), (DaneStatus.NONE, False)):
+        remembered = replace(negative(now), memory=Remembered("dane", now))
+        self.assertFalse(holds_policy(remembered, now))
+        self.assertTrue(holds_policy(remembered.reduced(), now))
+        for status in DaneStatus:
             state = replace(negative(now), dane=DaneState(status, "x", checked_at=now))
-            self.assertEqual(holds_policy(state, now), held, status)
+            self.assertFalse(holds_policy(state, now), status)
 
 
 class EntriesTests(SynchronousTestCase):
@@ -143,27 +153,79 @@ class NegativeCapTests(SynchronousTestCase):
         self.assertEqual(self.evicted, ["b.test"])
 
     def test_policy_never_evicted(self) -> None:
-        """Domains with an unexpired MTA-STS policy or a DANE verdict are neither evicted nor counted."""
+        """Domains with an unexpired MTA-STS policy are neither evicted nor counted."""
         now = self.clock.seconds()
-        dane = replace(negative(now), dane=DaneState(DaneStatus.DANE_ONLY, "all usable",
-                                                     checked_at=now, due_at=now + 60))
         self.add("p1.test", "p2.test", "p3.test", "p4.test", state=enforced(now))
-        self.add("dane.test", state=dane)
         self.add("n1.test", "n2.test", "n3.test", "n4.test", "n5.test")
         self.assertEqual(self.evicted, ["n1.test", "n2.test"])
-        for domain in ("p1.test", "p2.test", "p3.test", "p4.test", "dane.test"):
+        for domain in ("p1.test", "p2.test", "p3.test", "p4.test"):
             self.assertIn(domain, self.cache)
-        self.assertEqual((self.cache.negative, len(self.cache)), (3, 8))
+        self.assertEqual((self.cache.negative, len(self.cache)), (3, 7))
 
-    def test_downgrade_memory_never_evicted(self) -> None:
-        """A domain whose strongest verdict is remembered keeps it through a flood of junk names."""
+    def test_dane_evicted_with_the_rest(self) -> None:
+        """DANE domains (names under a signed wildcard) count against the cap and are evicted, LRU first."""
+        now = self.clock.seconds()
+        self.add("w1.test", "w2.test", "w3.test", "w4.test", "w5.test", state=dane_only(now))
+        self.assertEqual(self.evicted, ["w1.test", "w2.test"])
+        self.assertEqual(self.store.deleted, ["w1.test", "w2.test"])
+        self.add("n1.test")
+        self.assertEqual(self.evicted, ["w1.test", "w2.test", "w3.test"])
+        self.assertEqual((self.cache.negative, len(self.cache)), (3, 3))
+
+    def test_evicted_dane_domain_evaluated_again(self) -> None:
+        """An evicted DANE domain's next lookup evaluates it; with DANE unknown at the deadline, TEMP."""
+        cache = PolicyCache(self.clock, self.evaluator, self.store,
+                            CacheSettings(max_negative=1, deadline=2.0),
+                            first_answer=lambda domain: first_answer(domain, None, True))
+        cache.loaded = True
+        now = self.clock.seconds()
+        cache.load([("w1.test", dane_only(now)), ("w2.test", dane_only(now))])
+        self.assertNotIn("w1.test", cache)
+        d = cache.lookup("w1.test")
+        assert isinstance(d, Deferred)
+        self.clock.advance(2.0)
+        self.assertEqual(self.successResultOf(d).action, Action.TEMP)
+        self.assertEqual(self.evaluator.calls, [("w1.test", None)])
+
+    def test_downgrade_memory_kept_evidence_evicted(self) -> None:
+        """Evicted for room, a domain with downgrade memory keeps the memory alone, uncounted."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        now = self.clock.seconds()
+        remembered = replace(dane_only(now), memory=Remembered("dane-only", now))
+        self.add("was-dane.test", state=remembered)
+        self.assertEqual(self.cache.negative, 1)
+        self.add("n1.test", "n2.test", "n3.test")
+        entry = self.cache.get("was-dane.test")
+        assert entry is not None
+        self.assertEqual(entry.state, DomainState(memory=Remembered("dane-only", now)))
+        self.assertTrue(entry.state.remembered_only)
+        self.assertEqual(self.store.rows["was-dane.test"][0], entry.state)
+        self.assertNotIn("was-dane.test", self.store.deleted)
+        self.assertEqual(self.evicted, [])
+        self.assertIn("was-dane.test", self.changes)
+        self.assertEqual((self.cache.negative, self.metrics.evictions.values), (3, {(): 1}))
+        # More junk evicts junk, never the memory.
+        self.add("n4.test", "n5.test")
+        self.assertEqual(self.evicted, ["n1.test", "n2.test"])
+        self.assertIn("was-dane.test", self.cache)
+
+    def test_memory_unused_when_downgrade_off(self) -> None:
+        """With policy.downgrade off nothing reads the memory: the domain is evicted whole."""
         now = self.clock.seconds()
         remembered = replace(negative(now), memory=Remembered("dane-only", now))
         self.add("was-dane.test", state=remembered)
-        self.add("n1.test", "n2.test", "n3.test", "n4.test")
-        self.assertIn("was-dane.test", self.cache)
-        self.assertNotIn("was-dane.test", self.store.deleted)
-        self.assertEqual(self.evicted, ["n1.test"])
+        self.add("n1.test", "n2.test", "n3.test")
+        self.assertEqual(self.evicted, ["was-dane.test"])
+        self.assertEqual(self.store.deleted, ["was-dane.test"])
+
+    def test_aged_out_memory_not_kept(self) -> None:
+        """A memory older than downgrade_memory_days is not worth keeping: evicted whole."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce", memory=30 * 86400.0))
+        now = self.clock.seconds()
+        old = replace(negative(now), memory=Remembered("dane-only", now - 31 * 86400))
+        self.add("was-dane.test", state=old)
+        self.add("n1.test", "n2.test", "n3.test")
+        self.assertEqual(self.evicted, ["was-dane.test"])
 
     def test_expired_policy_becomes_negative(self) -> None:
         """A policy that runs out leaves its domain evictable like any other."""

@@ -17,6 +17,7 @@ from mxpolicyd.cache.evaluations import Evaluations
 from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
+from mxpolicyd.policy.admin import AdminPolicy
 from mxpolicyd.policy.verdict import Action, Verdict, first_answer
 
 from .test_cache import ScriptedEvaluator, enforced, negative
@@ -105,6 +106,15 @@ class EvaluationsTests(SynchronousTestCase):
         self.assertIsInstance(self.evaluations.first("b.test", 2.0), Deferred)
         self.assertEqual(self.evaluations.shed, 1)
 
+    def test_queue_full_answer_judged(self) -> None:
+        """The answer beyond the queue is judged, as the one at the deadline is."""
+        self.evaluations.first("a.test", 2.0)
+        self.evaluations.first("b.test", 2.0)
+        verdict = self.evaluations.first("c.test", 2.0)
+        assert isinstance(verdict, Verdict)
+        self.assertTrue(verdict.rule.startswith("judged: first evaluation still running"),
+                        verdict.rule)
+
 
 class WaitingBoundTests(SynchronousTestCase):
     """lookup.max_waiting: the queue of evaluations waiting for a slot is bounded."""
@@ -147,6 +157,21 @@ class WaitingBoundTests(SynchronousTestCase):
         assert isinstance(verdict, Verdict)
         self.assertEqual(verdict.action, Action.NONE)
         self.assertEqual(len(self.evaluator.calls), 1)
+
+    def test_beyond_the_queue_minimum_applied(self) -> None:
+        """With min_mx_level = "mta-sts", a new domain beyond the queue gets TEMP, as at the deadline."""
+        cache = PolicyCache(self.clock, self.evaluator, None,
+                            CacheSettings(max_evaluations=1, max_waiting=0, deadline=2.0))
+        cache.set_admin(AdminPolicy(min_mx_level="mta-sts"))
+        late = cache.lookup("a.test")
+        assert isinstance(late, Deferred)
+        shed = cache.lookup("b.test")
+        assert isinstance(shed, Verdict)
+        self.clock.advance(2.0)
+        at_deadline = self.successResultOf(late)
+        self.assertEqual(at_deadline.action, Action.TEMP)
+        self.assertEqual((shed.action, shed.reason), (at_deadline.action, at_deadline.reason))
+        self.assertIn("policy.min_mx_level = mta-sts not reached", shed.rule)
 
     def test_free_slot_not_shed(self) -> None:
         """max_waiting 0 still evaluates while a slot is free."""

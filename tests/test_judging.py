@@ -10,20 +10,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.judging import EntryJudge
-from mxpolicyd.cache.policycache import PolicyCache
+from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.dane import DaneState, DaneStatus
-from mxpolicyd.evidence.state import DomainState, Remembered
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
-from mxpolicyd.policy.verdict import Action, first_answer
+from mxpolicyd.policy.verdict import Action, Verdict, first_answer
 
 from .test_admin_cache import dane_only, dane_temp, enforced, insecure, withdrawn_tlsa
-from .test_cache import ScriptedEvaluator
+from .test_cache import RecordingStore, ScriptedEvaluator
 
 D = "example.test"
 
@@ -177,3 +178,109 @@ class DowngradeTests(SynchronousTestCase):
                                     "Verdict for example.test changed from sts-testing to none: "
                                     "no MTA-STS record and no cached policy "
                                     "(was: MTA-STS policy in testing mode)")])
+
+
+class RememberedOnlyTests(SynchronousTestCase):
+    """
+    A domain reduced to its downgrade memory (idle past the refresh window,
+    or evicted for room): no evidence to answer from, so a lookup evaluates
+    it afresh, judged against the memory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.evaluator = ScriptedEvaluator()
+        self.store = RecordingStore()
+        self.cache = PolicyCache(self.clock, self.evaluator, self.store,
+                                 CacheSettings(deadline=2.0))
+        self.cache.loaded = True
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        self.changes: list[str] = []
+        self.cache.on_change(self.changes.append)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.seen = self.clock.seconds()
+        remembered = replace(enforced(self.seen), memory=Remembered("sts-enforce", self.seen))
+        self.cache.load([(D, remembered)])
+        self.clock.advance(8 * 86400)
+
+    def reduced(self) -> None:
+        entry = self.cache.reduce(D)
+        assert entry is not None
+        self.events.clear()
+
+    def test_reduce(self) -> None:
+        """reduce() keeps the memory alone, in memory and in the store, quietly."""
+        self.cache.reduce(D)
+        entry = self.cache.get(D)
+        assert entry is not None
+        memory = DomainState(memory=Remembered("sts-enforce", self.seen))
+        self.assertEqual(entry.state, memory)
+        self.assertEqual(self.store.rows[D][0], memory)
+        self.assertEqual(self.changes, [D])
+        self.assertEqual(self.events, [])
+        self.assertIsNone(self.cache.reduce("other.test"))
+
+    def test_lookup_waits_for_evaluation(self) -> None:
+        """A lookup evaluates afresh and answers the result; the memory is renewed, no change logged."""
+        self.reduced()
+        self.assertIsNone(self.cache.current(D))
+        d = self.cache.lookup(D)
+        assert isinstance(d, Deferred)
+        self.assertNoResult(d)
+        now = self.clock.seconds()
+        self.evaluator.pending[0].callback(enforced(now))
+        self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
+        entry = self.cache.get(D)
+        assert entry is not None
+        self.assertFalse(entry.state.remembered_only)
+        self.assertEqual(entry.state.memory, Remembered("sts-enforce", now))
+        self.assertEqual(self.events, [])
+        verdict = self.cache.lookup(D)
+        assert isinstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Action.STS_ENFORCE)
+
+    def test_weaker_evidence_held(self) -> None:
+        """Blocked fetches on the way back (no policy found) are held by the memory."""
+        self.reduced()
+        d = self.cache.lookup(D)
+        assert isinstance(d, Deferred)
+        self.evaluator.pending[0].callback(DomainState(sts=StsState(
+            record="v=STSv1; id=2", failure="policy fetch failed: timeout",
+            checked_at=self.clock.seconds(), due_at=self.clock.seconds() + 60)))
+        verdict = self.successResultOf(d)
+        self.assertEqual(verdict.action, Action.TEMP)
+        self.assertIn("policy downgrade from sts-enforce to none held", verdict.reason)
+
+    def test_deadline_judged_against_memory(self) -> None:
+        """At the deadline the first answer is judged against the memory: TEMP, not NOTFOUND."""
+        self.reduced()
+        d = self.cache.lookup(D)
+        assert isinstance(d, Deferred)
+        self.clock.advance(2.0)
+        verdict = self.successResultOf(d)
+        self.assertEqual(verdict.action, Action.TEMP)
+        self.assertIn("policy downgrade from sts-enforce to none held", verdict.reason)
+        late = self.cache.lookup("new.test")
+        assert isinstance(late, Deferred)
+        self.clock.advance(2.0)
+        self.assertEqual(self.successResultOf(late).action, Action.NONE)
+
+    def test_nothing_to_acknowledge(self) -> None:
+        """ack of a domain with no evidence kept accepts nothing."""
+        self.reduced()
+        self.assertIsNone(self.cache.acknowledge(D))
+        entry = self.cache.get(D)
+        assert entry is not None
+        self.assertEqual(entry.state.memory, Remembered("sts-enforce", self.seen))
+
+    def test_memory_ends(self) -> None:
+        """The memory ages out downgrade_memory_days after it was last seen; never with downgrade off."""
+        entry = self.cache.get(D)
+        assert entry is not None
+        self.assertEqual(self.cache.memory_ends(entry.state), self.seen + 30 * 86400)
+        self.cache.set_admin(AdminPolicy(downgrade="off"))
+        self.assertEqual(self.cache.memory_ends(entry.state), float("-inf"))
+        self.assertEqual(self.cache.memory_ends(DomainState()), float("-inf"))

@@ -96,7 +96,9 @@ class ConvertTests(SynchronousTestCase):
             ({"host": "localhost"}, "socketmap.listen", ("tcp:8461:interface=127.0.0.1",)),
             ({"path": "/run/mta-sts.sock", "mode": 0o660, "port": 1}, "socketmap.listen",
              ("unix:/run/mta-sts.sock:mode=660",)),
-            ({"path": "/run/mta-sts.sock"}, "socketmap.listen", ("unix:/run/mta-sts.sock",)),
+            # No mode given: the listener's default, 660.
+            ({"path": "/run/mta-sts.sock"}, "socketmap.listen",
+             ("unix:/run/mta-sts.sock:mode=660",)),
             ({"default_zone": {"timeout": 10}}, "mta_sts.fetch_timeout", 10.0),
             ({"zones": {"a": {"timeout": 7}, "b": {"timeout": 9}}},
              "mta_sts.fetch_timeout", 9.0),

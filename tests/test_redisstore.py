@@ -7,6 +7,7 @@ protocol, talking through StringTransports to a Redis made of a dict; and its
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.config.load import ConfigError, parse
-from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable, ReplyParser
 from mxpolicyd.store.redis import RedisStore, ttl
@@ -245,6 +246,22 @@ class RedisStoreTests(SynchronousTestCase):
         self.assertEqual(ttl(enforced(now + DAY), now, WINDOW), WINDOW)
         self.assertEqual(ttl(enforced(now + 10 * DAY), now, WINDOW), 10 * DAY)
         self.assertEqual(ttl(enforced(now - DAY), now, WINDOW), WINDOW)
+
+    def test_ttl_memory(self) -> None:
+        """A domain with downgrade memory is kept until the memory ages out, even idle and reduced to it."""
+        now = START
+        memory = DomainState(memory=Remembered("sts-enforce", now - 8 * DAY))
+        self.assertEqual(ttl(memory, now, WINDOW, 30 * DAY), 22 * DAY)
+        self.assertEqual(ttl(memory, now, WINDOW), WINDOW)
+        self.assertEqual(ttl(replace(memory, memory=Remembered("dane", now - 29 * DAY)),
+                             now, WINDOW, 30 * DAY), WINDOW)
+        store = RedisStore(self.a.client, self.reactor, window=WINDOW, owner="b",
+                           memory=30 * DAY)
+        store.put("kept.test", memory, used_at=now - 8 * DAY)
+        self.flush(store)
+        self.assertEqual(self.redis.commands[-1][-2:], [b"PX", b"%d" % (22 * DAY * 1000)])
+        self.reactor.advance(22 * DAY - 1)
+        self.assertIsNotNone(self.stored("kept.test"))
 
     def test_last_put_wins(self) -> None:
         """Of two puts before a flush, the later is written."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.cache.refresher import Refresher
-from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
+from mxpolicyd.policy.admin import AdminPolicy
 
 from .test_cache import RecordingStore, ScriptedEvaluator
 
@@ -177,6 +180,73 @@ class RefresherTests(SynchronousTestCase):
         self.clock.advance(10 * DAY)
         self.assertNotIn("kept.test", self.cache)
 
+    def remembered(self, domain: str, used_ago: float, seen_ago: float,
+                   policy_left: float | None = None) -> None:
+        """A stored domain with downgrade memory of sts-enforce, loaded."""
+        now = self.clock.seconds()
+        policy = StsPolicy("enforce", 86400, ("mx.test",))
+        expires = now + policy_left if policy_left is not None else now - used_ago + DAY
+        self.store.rows[domain] = (
+            replace(state(now - used_ago, now - used_ago + 3600, policy=policy, expires=expires),
+                    memory=Remembered("sts-enforce", now - seen_ago)),
+            now - used_ago)
+        self.load()
+
+    def test_idle_memory_kept_until_it_ages_out(self) -> None:
+        """An idle remembered domain outlives the window without its evidence, then goes with its memory."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        # Last looked up (and its sts-enforce seen) 8 days ago: past the window.
+        self.remembered("kept.test", used_ago=8 * DAY, seen_ago=8 * DAY)
+        self.clock.advance(60)
+        entry = self.cache.get("kept.test")
+        assert entry is not None
+        memory = DomainState(memory=Remembered("sts-enforce", START - 8 * DAY))
+        self.assertEqual(entry.state, memory)
+        self.assertEqual(self.store.rows["kept.test"][0], memory)
+        self.assertEqual((self.evaluated(), self.store.deleted, self.refresher.evicted),
+                         ([], [], 0))
+        # Still there, never refreshed, until 30 days after it was last seen.
+        self.clock.advance(22 * DAY - 60 - 1)
+        self.assertIn("kept.test", self.cache)
+        self.assertEqual(self.evaluated(), [])
+        self.clock.advance(1)
+        self.assertNotIn("kept.test", self.cache)
+        self.assertEqual((self.store.deleted, self.refresher.evicted), (["kept.test"], 1))
+
+    def test_idle_policy_then_memory(self) -> None:
+        """An idle domain keeps its policy whole until it expires, then its memory alone."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        self.remembered("kept.test", used_ago=8 * DAY, seen_ago=8 * DAY, policy_left=10 * DAY)
+        self.clock.advance(60)
+        entry = self.cache.get("kept.test")
+        assert entry is not None
+        self.assertFalse(entry.state.remembered_only)
+        self.clock.advance(10 * DAY)
+        self.assertTrue(entry.state.remembered_only)
+        self.clock.advance(12 * DAY)
+        self.assertNotIn("kept.test", self.cache)
+        self.assertEqual(self.evaluated(), [])
+
+    def test_idle_memory_restart(self) -> None:
+        """After a restart, a stored domain reduced to its memory is kept until it ages out."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        now = self.clock.seconds()
+        self.store.rows["kept.test"] = (
+            DomainState(memory=Remembered("dane-only", now - 20 * DAY)), now - 20 * DAY)
+        self.load()
+        self.clock.advance(61)
+        self.assertIn("kept.test", self.cache)
+        self.clock.advance(10 * DAY)
+        self.assertNotIn("kept.test", self.cache)
+        self.assertEqual((self.evaluated(), self.store.deleted), ([], ["kept.test"]))
+
+    def test_idle_memory_dropped_when_downgrade_off(self) -> None:
+        """With policy.downgrade off nothing reads the memory: the idle domain goes at the window."""
+        self.remembered("old.test", used_ago=8 * DAY, seen_ago=8 * DAY)
+        self.clock.advance(60)
+        self.assertNotIn("old.test", self.cache)
+        self.assertEqual(self.store.deleted, ["old.test"])
+
     def test_used_domain_not_evicted(self) -> None:
         """Lookups keep a domain in the refresh window."""
         self.warm({"a.test": (DAY, 6 * DAY)})
@@ -256,3 +326,22 @@ class EvictionTests(SynchronousTestCase):
         t = self.clock.seconds()
         self.evaluator.pending.pop().callback(state(t, t + 3600, policy, t + 86400))
         self.assertEqual(self.cache.negative, 0)
+
+    def test_memory_kept_for_room_then_dropped(self) -> None:
+        """A domain evicted for room keeps only its memory, is never refreshed, and goes when it ages out."""
+        self.cache.set_admin(AdminPolicy(downgrade="enforce"))
+        now = self.clock.seconds()
+        remembered = replace(state(now, now + 100), memory=Remembered("dane", now))
+        self.cache.load([("kept.test", remembered)])
+        for domain in ("a.test", "b.test"):
+            self.clock.advance(1)
+            self.cache.load([(domain, state(now, now + 3600))])
+        entry = self.cache.get("kept.test")
+        assert entry is not None
+        self.assertTrue(entry.state.remembered_only)
+        self.clock.advance(29 * DAY)
+        self.assertIn("kept.test", self.cache)
+        self.assertNotIn("kept.test", [c[0] for c in self.evaluator.calls])
+        self.clock.advance(DAY)
+        self.assertNotIn("kept.test", self.cache)
+        self.assertIn("kept.test", self.store.deleted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
@@ -196,6 +197,46 @@ class SQLiteStoreTests(SynchronousTestCase):
         store.put("a.test", STATE)
         self.successResultOf(store.flush())
         self.assertEqual(len(list(self.open().load())), 1)
+
+    def modes(self) -> dict[str, int]:
+        return {suffix: stat.S_IMODE(os.stat(self.path + suffix).st_mode)
+                for suffix in ("", "-wal", "-shm") if os.path.exists(self.path + suffix)}
+
+    def test_files_0640_whatever_the_umask(self) -> None:
+        """The database and its -wal and -shm files are created 0640, even with umask 000."""
+        self.store.close()
+        os.remove(self.path)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.remove(self.path + suffix)
+        before = os.umask(0)
+        try:
+            store = self.open()
+            store.put("a.test", STATE)
+            self.successResultOf(store.flush())
+        finally:
+            os.umask(before)
+        self.assertEqual(self.modes(), {"": 0o640, "-wal": 0o640, "-shm": 0o640})
+
+    def test_replaced_corrupt_file_0640(self) -> None:
+        """The empty store that replaces a corrupt one is 0640 too."""
+        self.store.close()
+        with open(self.path, "wb") as f:
+            f.write(b"this is not a database" * 100)
+        os.chmod(self.path, 0o666)
+        before = os.umask(0)
+        try:
+            self.open()
+        finally:
+            os.umask(before)
+        self.assertEqual(self.modes()[""], 0o640)
+
+    def test_existing_file_mode_kept(self) -> None:
+        """A store the administrator made group-writable stays so: only new files get 0640."""
+        self.store.close()
+        os.chmod(self.path, 0o660)
+        self.open()
+        self.assertEqual(self.modes()[""], 0o660)
 
     def fill(self, count: int, size: int = 0) -> None:
         """Flush ``count`` domains, each state padded to about ``size`` bytes."""

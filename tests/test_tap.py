@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
@@ -9,7 +10,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.config.load import parse
-from mxpolicyd.tap import build_evaluator
+from mxpolicyd.tap import build_evaluator, leave_root, restrict_umask
 
 
 class BuildEvaluatorTests(SynchronousTestCase):
@@ -135,3 +136,134 @@ class ReloadBoundsTests(SynchronousTestCase):
         write("[lookup]\nmax_negative = 1\n")
         self.assertTrue(daemon.reload(path))
         self.assertEqual(sorted(cache.domains()), ["c.test"])
+
+
+class FakeSystem:
+    """The calls leave_root makes, recorded, on a made-up file tree."""
+
+    def __init__(self, euid: int, owners: dict[str, int]) -> None:
+        self.euid = self.uid = euid
+        self.owners = dict(owners)
+        self.calls: list[tuple[Any, ...]] = []
+        self.writable: set[str] = set()
+        self.path = self
+
+    def geteuid(self) -> int:
+        return self.euid
+
+    def getuid(self) -> int:
+        return self.uid
+
+    def lstat(self, path: str) -> Any:
+        if path not in self.owners:
+            raise FileNotFoundError(path)
+        return os.stat_result((0, 0, 0, 0, self.owners[path], 0, 0, 0, 0, 0))
+
+    def lchown(self, path: str, uid: int, gid: int) -> None:
+        self.calls.append(("lchown", path, uid, gid))
+        self.owners[path] = uid
+
+    def setgroups(self, groups: list[int]) -> None:
+        self.calls.append(("setgroups", groups))
+
+    def setgid(self, gid: int) -> None:
+        self.calls.append(("setgid", gid))
+
+    def setuid(self, uid: int) -> None:
+        self.calls.append(("setuid", uid))
+        self.euid = self.uid = uid
+
+    def isdir(self, path: str) -> bool:
+        return True
+
+    def access(self, path: str, mode: int) -> bool:
+        return path in self.writable
+
+
+class LeaveRootTests(SynchronousTestCase):
+    """daemon.user: a daemon started as root switches once it has bound its listeners."""
+
+    def setUp(self) -> None:
+        import pwd
+
+        self.nobody = pwd.getpwnam("nobody")
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self, level: LogLevel) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_level") == level]
+
+    def config(self, **daemon: Any) -> Any:
+        return parse({
+            "daemon": {"state_directory": "/srv/mxp", **daemon},
+            "socketmap": {"listen": ["tcp:8461:interface=127.0.0.1", "unix:/run/mxp/sm.sock"]},
+            "control": {"socket": "/srv/mxp/control.sock"},
+        }, "/etc/mxp.toml")
+
+    def test_root_without_user_warns(self) -> None:
+        """Run as root without daemon.user, the daemon stays root and says so, naming the key."""
+        system = FakeSystem(0, {})
+        leave_root(self.config(), system)
+        self.assertEqual(system.calls, [])
+        (warning,) = self.logged(LogLevel.warn)
+        self.assertIn("mxpolicyd runs as root", warning)
+        self.assertIn("set daemon.user in /etc/mxp.toml", warning)
+
+    def test_switch(self) -> None:
+        """As root with daemon.user: root's state files go to the account, then groups, gid, uid."""
+        system = FakeSystem(0, {
+            "/srv/mxp": 0, "/srv/mxp/mxpolicyd.sqlite": 0, "/srv/mxp/mxpolicyd.sqlite-wal": 0,
+            "/run/mxp/sm.sock": 0, "/srv/mxp/control.sock": 0, "/srv/mxp/control.sock.lock": 0,
+            # An administrator's choice: left alone.
+            "/srv/mxp/mxpolicyd.sqlite-shm": 4242,
+        })
+        system.writable = {"/srv/mxp"}
+        leave_root(self.config(user="nobody"), system)
+        uid, gid = self.nobody.pw_uid, self.nobody.pw_gid
+        self.assertEqual(system.calls, [
+            ("lchown", "/srv/mxp", uid, gid),
+            ("lchown", "/srv/mxp/mxpolicyd.sqlite", uid, gid),
+            ("lchown", "/srv/mxp/mxpolicyd.sqlite-wal", uid, gid),
+            ("lchown", "/run/mxp/sm.sock", uid, gid),
+            ("lchown", "/srv/mxp/control.sock", uid, gid),
+            ("lchown", "/srv/mxp/control.sock.lock", uid, gid),
+            ("setgroups", [gid]),
+            ("setgid", gid),
+            ("setuid", uid),
+        ])
+        self.assertEqual(self.logged(LogLevel.info), [
+            "Switched to user nobody (uid %d, gid %d) now that the listeners are bound and "
+            "the store is open" % (uid, gid)])
+        # The socket's directory is root's: nobody cannot remove it at stop.
+        (warning,) = self.logged(LogLevel.warn)
+        self.assertIn("nobody cannot write the directory /run/mxp", warning)
+
+    def test_switch_checked(self) -> None:
+        """A switch that leaves the process root fails: it must not go on as root."""
+        system = FakeSystem(0, {})
+        system.setuid = lambda uid: None  # type: ignore[method-assign]
+        self.assertRaises(OSError, leave_root, self.config(user="nobody"), system)
+
+    def test_unprivileged_stays(self) -> None:
+        """Started as another account, nothing changes; a daemon.user it cannot reach is warned about."""
+        system = FakeSystem(self.nobody.pw_uid, {})
+        leave_root(self.config(user="nobody"), system)
+        leave_root(self.config(), system)
+        self.assertEqual((system.calls, self.logged(LogLevel.warn)), ([], []))
+        system = FakeSystem(self.nobody.pw_uid + 1, {})
+        leave_root(self.config(user="nobody"), system)
+        self.assertEqual(system.calls, [])
+        (warning,) = self.logged(LogLevel.warn)
+        self.assertIn("cannot switch", warning)
+
+
+class UmaskTests(SynchronousTestCase):
+    def test_restrict_umask(self) -> None:
+        """The umask is narrowed to at least 027; a stricter one is kept."""
+        before = os.umask(0)
+        self.addCleanup(os.umask, before)
+        self.assertEqual(restrict_umask(), 0)
+        self.assertEqual(os.umask(0o077), 0o027)
+        restrict_umask()
+        self.assertEqual(os.umask(0), 0o077)

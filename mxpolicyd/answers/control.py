@@ -86,8 +86,10 @@ class ControlCommands:
         if self._cache.get(domain) is None:
             return {"error": "%s is not cached" % domain, "domain": domain}
         if self._cache.acknowledge(domain) is None:
-            return {"error": "the evidence for %s is temporarily unknown (TEMP): nothing "
-                    "to acknowledge yet; try again after a refresh" % domain,
+            return {"error": "the evidence for %s is temporarily unknown (TEMP), or not "
+                    "kept (not looked up lately: only its downgrade memory is): nothing "
+                    "to acknowledge yet; try again after \"mxpolicyd cache refresh %s\""
+                    % (domain, domain),
                     "domain": domain}
         return dict(self._show(domain), acknowledged=True)
 

@@ -2,10 +2,12 @@
 The cached entries: one L{Entry} per domain, in the table the lookup path
 reads, and the cap on those holding no policy.
 
-Domains holding neither an unexpired MTA-STS policy nor a DANE verdict nor
-downgrade memory are capped in number (lookup.max_negative), the least
-recently used evicted first, so that a flood of junk names costs bounded
-memory; a domain holding a policy is never evicted for room.
+Domains holding no unexpired MTA-STS policy are capped in number
+(lookup.max_negative), the least recently used evicted first, so that a
+flood of names costs bounded memory, whether they do not exist or sit under
+a DNSSEC-signed wildcard with TLSA records.  A domain holding a policy is
+never evicted for room; one holding downgrade memory loses only its
+evidence and keeps the memory (L{DomainState.reduced}).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mxpolicyd.evidence.dane import DaneStatus
 from mxpolicyd.evidence.state import DomainState
 from mxpolicyd.ops.metrics import Metrics
 from mxpolicyd.policy.admin import AdminPolicy
@@ -30,18 +31,20 @@ NO_ADMIN = AdminPolicy()
 
 def holds_policy(state: DomainState, now: float) -> bool:
     """
-    Whether a domain's state is worth its memory whatever the pressure: an
-    unexpired MTA-STS policy (RFC 8461 s5.1 keeps it until it expires;
-    forgetting it would let an attacker who blocks the next fetch downgrade
-    the domain), a DANE verdict, or the downgrade memory.  Anything else,
-    one evaluation learns again.
+    Whether a domain's state is kept whatever the pressure, and so not
+    counted by lookup.max_negative: an unexpired MTA-STS policy (RFC 8461
+    s5.1 keeps it until it expires; forgetting it would let an attacker who
+    blocks the next fetch downgrade the domain), or a state already reduced
+    to its downgrade memory.
+
+    A DANE verdict is not kept: evicted, the domain is evaluated again on
+    its next lookup, and a DNS that an attacker blocks then turns it into
+    TEMP (the first answer while DANE is unknown), never into a weaker
+    answer.  The downgrade memory of an evicted domain is kept
+    (L{Entries}), so that a flood cannot wash out what downgrade protection
+    compares with.
     """
-    if state.sts.active_policy(now) is not None or state.memory is not None:
-        # A remembered strongest verdict is what downgrade protection
-        # compares with: a flood must not wash it out.
-        return True
-    dane = state.dane
-    return dane is not None and dane.status in (DaneStatus.DANE_ONLY, DaneStatus.DANE)
+    return state.sts.active_policy(now) is not None or state.remembered_only
 
 
 class Entry:
@@ -110,6 +113,7 @@ class Entries:
         max_negative: int,
         busy: Callable[[str], bool],
         evicted: Callable[[Entry], None],
+        reduce: Callable[[Entry], bool] = lambda entry: False,
     ) -> None:
         """
         @param max_negative: how many domains holding no policy (see
@@ -118,6 +122,9 @@ class Entries:
         @param busy: whether a domain is under evaluation or lease, and so
             passed over: its result is about to be inserted again.
         @param evicted: called with each entry evicted, once it is gone.
+        @param reduce: called with an entry to evict: reduces it to its
+            downgrade memory if that is still to be kept, and says whether
+            it did; the entry then stays, out of the count.
         """
         self.by_domain: dict[str, Entry] = {}
         self.max_negative = max_negative
@@ -130,6 +137,7 @@ class Entries:
         self._metrics = metrics
         self._busy = busy
         self._on_evicted = evicted
+        self._reduce = reduce
         # Domains holding no policy, least recently queued first, each with
         # the last use it had when queued: a use since then earns it a second
         # chance at the back, so eviction follows last use without the hot
@@ -137,7 +145,8 @@ class Entries:
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._logged = -math.inf
         metrics.gauge("mxpolicyd_cached_negative_domains",
-                      "Cached domains holding no MTA-STS policy nor DANE verdict.",
+                      "Cached domains that lookup.max_negative counts: holding no "
+                      "unexpired MTA-STS policy, not reduced to downgrade memory.",
                       lambda: len(self._negative))
 
     @property
@@ -200,11 +209,14 @@ class Entries:
         self._negative = OrderedDict((e.domain, e.used_at) for e in found)
 
     def _evict(self, entry: Entry) -> None:
+        self.evicted += 1
+        self._metrics.evictions.inc()
+        if self._reduce(entry):
+            # Its evidence is gone; its downgrade memory stays, uncounted.
+            return
         del self.by_domain[entry.domain]
         # Not kept in the store either: it would come back at the next
         # start, and the store would grow with every junk name.
         if self._store is not None:
             self._store.delete(entry.domain)
-        self.evicted += 1
-        self._metrics.evictions.inc()
         self._on_evicted(entry)

@@ -62,7 +62,8 @@ class Evaluations:
         @param first_answer: what to answer for a domain whose first
             evaluation has not ended.
         @param judged: that answer as the administrator's policy has it
-            (minimums, entries), for a lookup that reached the deadline.
+            (minimums, entries), for a lookup that reached the deadline or
+            found the queue full.
         @param max_waiting: how many evaluations may wait for one of the
             C{max_evaluations} slots; beyond, a lookup of a new domain is
             answered at once as if its first evaluation had run out of time.
@@ -120,7 +121,9 @@ class Evaluations:
             return self._wait(domain, self.evaluate(domain, None), deadline)
         self.shed += 1
         self._metrics.shed.inc()
-        verdict = self.first_answer(domain)
+        # Judged as at the deadline: the administrator's minimums and
+        # entries hold for an answer given early as much as for a late one.
+        verdict = self._judged(self.first_answer(domain))
         now = self._clock.seconds()
         if now - self._shed_logged >= 60:
             self._shed_logged = now

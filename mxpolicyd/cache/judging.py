@@ -65,16 +65,18 @@ class EntryJudge:
         entry.update(entry.state, now, self.admin)
         self._noted(entry, before)
 
-    def apply(self, entry: Entry, state: DomainState, now: float) -> None:
+    def apply(self, entry: Entry, state: DomainState, now: float, fresh: bool = False) -> None:
         """
         Decide on new evidence.  A changed verdict is logged, a weaker one
-        (L{mxpolicyd.policy.judge.weaker}) counted as a downgrade.
+        (L{mxpolicyd.policy.judge.weaker}) counted as a downgrade; unless
+        C{fresh}, an entry that held no evidence before (reduced to its
+        downgrade memory), which is decided as a new one.
         """
-        before = entry.verdict
+        before = None if fresh else entry.verdict
         entry.update(state, now, self.admin)
         after = entry.verdict
         self._noted(entry, before)
-        if before.action is not after.action:
+        if before is not None and before.action is not after.action:
             if weaker(before.action, after.action):
                 self._metrics.downgrades.inc()
             self._emit(verdict_change(before, after))
@@ -95,9 +97,12 @@ class EntryJudge:
     def acknowledged(self, entry: Entry, now: float) -> DomainState | None:
         """
         The entry's state with its current evidence as the downgrade memory
-        ("mxpolicyd cache ack"); None while the evidence is TEMP: there is
-        nothing to accept yet.
+        ("mxpolicyd cache ack"); None while the evidence is TEMP or not kept
+        (a domain reduced to its memory): there is nothing to accept yet.
         """
+        if entry.state.remembered_only:
+            # No evidence kept (an idle domain): nothing to accept yet.
+            return None
         evidence = decide(entry.domain, entry.state, now)
         if evidence.action is Action.TEMP:
             return None
@@ -105,9 +110,13 @@ class EntryJudge:
         self._emit(acknowledgement(entry.domain, memory, entry.state.memory))
         return replace(entry.state, memory=memory)
 
-    def first_answer(self, verdict: Verdict) -> Verdict:
-        """A first answer, by the administrator's policy too (minimums)."""
-        verdict, _ = judge(verdict, None, self.admin, self._clock.seconds())
+    def first_answer(self, verdict: Verdict, memory: DomainState | None = None) -> Verdict:
+        """
+        A first answer, by the administrator's policy too (minimums), and
+        against the downgrade memory in C{memory}, a domain's state reduced
+        to it, if any.
+        """
+        verdict, _ = judge(verdict, memory, self.admin, self._clock.seconds())
         return verdict
 
     def _noted(self, entry: Entry, before: Verdict | None, log: bool = True) -> None:

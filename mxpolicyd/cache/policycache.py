@@ -8,15 +8,20 @@ evidence behind a verdict is due, the lookup still answers at once and starts
 a background re-check (stale-while-revalidate).  A lookup of an unknown domain
 starts an evaluation and waits for it no longer than the lookup deadline
 (L{mxpolicyd.cache.evaluations}).  Domains holding no policy are capped in
-number (L{mxpolicyd.cache.entries}).  At start-up the store is read in the
-background; a domain asked for before its batch arrives is read from the
-store on its own (L{mxpolicyd.cache.loading}).  In a fleet sharing the store,
-one daemon re-evaluates a domain for all (L{mxpolicyd.cache.fleet}).  Every
-verdict is judged by the administrator's policy (L{mxpolicyd.cache.judging}).
+number (L{mxpolicyd.cache.entries}).  An idle domain whose downgrade memory
+outlives the refresh window, or one evicted for room, is reduced to its
+memory (L{reduce}), and a lookup of it then waits for a fresh evaluation as
+for a new domain.  At start-up the
+store is read in the background; a domain asked for before its batch
+arrives is read from the store on its own (L{mxpolicyd.cache.loading}).  In
+a fleet sharing the store, one daemon re-evaluates a domain for all
+(L{mxpolicyd.cache.fleet}).  Every verdict is judged by the administrator's
+policy (L{mxpolicyd.cache.judging}).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -51,8 +56,9 @@ class CacheSettings:
     # Evaluations waiting for a slot; beyond, a lookup of a new domain is
     # answered at once as if its first evaluation had run out of time.
     max_waiting: int = 1000
-    # Cached domains holding no policy (entries.holds_policy); beyond, the
-    # least recently used are evicted, from the store too.
+    # Cached domains holding no unexpired MTA-STS policy (DANE ones too:
+    # entries.holds_policy); beyond, the least recently used are evicted,
+    # from the store too, or reduced to their downgrade memory.
     max_negative: int = 100000
     # How long this daemon holds a domain while it re-evaluates it for a
     # fleet sharing the store.
@@ -92,9 +98,9 @@ class PolicyCache:
         self._evicted_listeners: list[Callable[[Entry], None]] = []
         self._judge = EntryJudge(clock, metrics)
         self._entries = Entries(clock, store, metrics, settings.max_negative, self._busy,
-                                self._evicted)
+                                self._evicted, self._reduce_evicted)
         self._evaluations = Evaluations(
-            clock, evaluator, self._settle, first_answer, self._judge.first_answer, metrics,
+            clock, evaluator, self._settle, first_answer, self._judged_first, metrics,
             deadline=settings.deadline, max_evaluations=settings.max_evaluations,
             max_waiting=settings.max_waiting)
         self._loader: StoreLoader | None = None
@@ -233,6 +239,10 @@ class PolicyCache:
         now = self._clock.seconds()
         entry.used_at = now
         if now >= entry.due_at:
+            if entry.state.remembered_only:
+                # Only the downgrade memory is left: nothing to answer from.
+                # lookup() evaluates it as a new domain, judged against it.
+                return None
             self.revalidate(domain)
         if now >= entry.changes_at:
             self._judge.redecide(entry, now)
@@ -285,6 +295,41 @@ class PolicyCache:
         """Take a state that another daemon of the fleet evaluated, if newer."""
         return self._fleet is not None and self._fleet.adopt(domain, state)
 
+    def memory_ends(self, state: DomainState) -> float:
+        """
+        When a domain's downgrade memory ages out (policy.downgrade_memory_days
+        after it was last seen); -inf without memory, or with downgrade
+        protection off, when nothing reads it.
+        """
+        memory = state.memory
+        admin = self._judge.admin
+        if memory is None or admin.downgrade == "off":
+            return -math.inf
+        return memory.seen_at + admin.memory
+
+    def reduce(self, domain: str) -> Entry | None:
+        """
+        Keep only a domain's downgrade memory, in memory and in the store,
+        and drop its evidence: an idle domain whose memory outlives the
+        refresh window, or one evicted for room.  Its next lookup waits for
+        a fresh evaluation, judged against the memory.  None when the
+        domain is not cached or holds no memory.
+        """
+        entry = self._by_domain.get(domain)
+        if entry is None or entry.state.memory is None:
+            return None
+        if not entry.state.remembered_only:
+            now = self._clock.seconds()
+            state = entry.state.reduced()
+            # Quietly: nothing about the domain changed, its evidence is
+            # only no longer kept.
+            entry.update(state, now, self._judge.admin)
+            self._entries.track(entry, now)
+            if self._store is not None:
+                self._store.put(domain, state, entry.used_at)
+            self._changed(domain)
+        return entry
+
     def forget(self, domain: str) -> bool:
         """Drop a domain from memory and from the store."""
         if self._entries.remove(domain) is None:
@@ -320,9 +365,9 @@ class PolicyCache:
         self._entries.track(entry, now)
         return entry
 
-    def _apply(self, entry: Entry, state: DomainState) -> None:
+    def _apply(self, entry: Entry, state: DomainState, fresh: bool = False) -> None:
         now = self._clock.seconds()
-        self._judge.apply(entry, state, now)
+        self._judge.apply(entry, state, now, fresh)
         self._changed(entry.domain)
         self._settled(entry)
         self._entries.track(entry, now)
@@ -348,10 +393,34 @@ class PolicyCache:
             entry = self._insert(domain, state, now, now)
             self._changed(domain)
         else:
-            self._apply(entry, state)
+            # A domain reduced to its memory is decided as a new one: the
+            # verdict it had was no answer, so no change to log.
+            self._apply(entry, state, fresh=entry.state.remembered_only)
         if self._store is not None:
             self._store.put(domain, state, entry.used_at)
         return entry
+
+    def _judged_first(self, verdict: Verdict) -> Verdict:
+        """
+        A first answer (the deadline, or the queue full), judged by the
+        administrator's policy and against the downgrade memory of a domain
+        reduced to it.
+        """
+        entry = self._by_domain.get(verdict.domain)
+        memory = entry.state.reduced() if entry is not None and entry.state.memory else None
+        return self._judge.first_answer(verdict, memory)
+
+    def _reduce_evicted(self, entry: Entry) -> bool:
+        """
+        For an entry evicted for room: reduce it to its downgrade memory if
+        that is still to be kept (and tell the refresher, which forgets it
+        when the memory ages out); whether it was.
+        """
+        if self.memory_ends(entry.state) <= self._clock.seconds():
+            return False
+        self.reduce(entry.domain)
+        self._settled(entry)
+        return True
 
     def _busy(self, domain: str) -> bool:
         """Whether a domain is under evaluation or lease: not to be evicted."""

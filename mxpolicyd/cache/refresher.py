@@ -10,11 +10,15 @@ with one-second buckets, ordered by a heap of bucket times: adding a domain
 and finding the next due ones cost O(log buckets), never a scan of the
 cache.  Refreshes in flight are bounded.  A domain unused for longer than the
 window is not refreshed but evicted, unless it holds an unexpired MTA-STS
-policy, which RFC 8461 says to keep until it expires.  A domain the cache
-evicts for room leaves the wheel at once, so that a flood of junk names does
-not linger here until their evidence would have come due.  In a fleet sharing a
-store, a short per-domain lease makes one daemon refresh a domain for all;
-the others adopt its result from the store.
+policy, which RFC 8461 says to keep until it expires, or downgrade memory
+(policy.downgrade_memory_days, longer than the window by default), which
+it keeps, without the evidence, until it ages out: forgetting it early
+would let an attacker who blocks the domain's next lookups downgrade it
+unnoticed.  A domain the cache evicts for room leaves the wheel at once, so
+that a flood of junk names does not linger here until their evidence would
+have come due.  In a fleet sharing a store, a short per-domain lease makes
+one daemon refresh a domain for all; the others adopt its result from the
+store.
 """
 
 from __future__ import annotations
@@ -164,6 +168,11 @@ class Refresher(Service):
         if entry is None or entry.refresher_bucket != second:
             return  # forgotten, or rescheduled since
         entry.refresher_bucket = 0
+        if entry.state.remembered_only:
+            # Never refreshed: nobody asked since it was reduced (a lookup
+            # evaluates it afresh).  Kept until the memory ages out.
+            self._remembered(entry, now)
+            return
         if now - entry.used_at > self.window:
             self._idle(entry, now)
             return
@@ -180,8 +189,21 @@ class Refresher(Service):
         if policy is not None:
             # RFC 8461 s5.1: a cached policy is kept until it expires.  It
             # is not refreshed meanwhile: nobody is asking.
-            entry.refresher_bucket = math.ceil(entry.state.sts.expires_at)
-            self._at(entry.refresher_bucket, entry.domain)
+            self._keep_until(entry, entry.state.sts.expires_at)
+            return
+        ends = self._cache.memory_ends(entry.state)
+        if ends > now:
+            # The downgrade memory outlives the window: keep it, and only
+            # it, for its full term.
+            self._log.debug(
+                "{domain} not looked up for {days:.1f} days: dropping its evidence, "
+                "keeping its remembered {action} until it ages out",
+                domain=entry.domain,
+                days=(now - entry.used_at) / 86400,
+                action=entry.state.memory.action if entry.state.memory else None,
+            )
+            self._cache.reduce(entry.domain)
+            self._keep_until(entry, ends)
             return
         self._log.debug(
             "Evicting {domain}: not looked up for {days:.1f} days",
@@ -190,6 +212,22 @@ class Refresher(Service):
         )
         self._cache.forget(entry.domain)
         self.evicted += 1
+
+    def _remembered(self, entry: Entry, now: float) -> None:
+        """A domain reduced to its downgrade memory: kept until it ages out."""
+        ends = self._cache.memory_ends(entry.state)
+        if ends > now:
+            self._keep_until(entry, ends)
+            return
+        self._log.debug("Forgetting {domain}: its remembered verdict aged out",
+                        domain=entry.domain)
+        self._cache.forget(entry.domain)
+        self.evicted += 1
+
+    def _keep_until(self, entry: Entry, until: float) -> None:
+        """Look at an idle domain again at C{until}, and not before."""
+        entry.refresher_bucket = math.ceil(until)
+        self._at(entry.refresher_bucket, entry.domain)
 
     def _at(self, second: int, domain: str) -> None:
         bucket = self._buckets.get(second)

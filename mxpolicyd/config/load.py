@@ -10,6 +10,8 @@ administrator can fix it without reading code.
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +24,10 @@ from mxpolicyd.policy.admin import AdminPolicy
 
 DEFAULT_PATH = "/etc/mxpolicyd/mxpolicyd.toml"
 DEFAULT_LISTEN = ("tcp:8461:interface=127.0.0.1",)
+# The mode of a unix: lookup listener whose string gives none: the daemon's
+# user and group.  Twisted's own default, 666, would let every local user
+# ask.
+UNIX_LISTEN_MODE = "660"
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,9 @@ class MetricsConfig:
 class LookupConfig:
     deadline: float = 2.0
     max_evaluations: int = 100
-    # Cached domains holding no MTA-STS policy and no DANE verdict, at most
-    # (least recently used evicted first): what a flood of junk names costs.
+    # Cached domains holding no unexpired MTA-STS policy, DANE ones too, at
+    # most (least recently used evicted first): what a flood of names costs,
+    # junk or under a signed wildcard.
     max_negative: int = 100000
     # Evaluations queued for a slot, at most; beyond, a new domain gets the
     # first-evaluation answer at once.
@@ -74,7 +81,9 @@ class DNSConfig:
 class MTASTSConfig:
     trust_root: str | None = None
     fetch_timeout: float = 60.0
-    block_private: bool = False
+    # Refuse policy hosts on loopback, private and link-local addresses, so
+    # that a hostile domain cannot make the daemon reach inside the network.
+    block_private: bool = True
     txt_ttl_min: int = 60
     txt_ttl_max: int = 3600
     retry_interval: int = 300
@@ -112,6 +121,9 @@ class StoreConfig:
 @dataclass(frozen=True)
 class Config:
     state_directory: str
+    # daemon.user: the account a daemon started as root switches to once
+    # its listeners are bound and its store is open; None: no switch.
+    user: str | None = None
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
     exim: EximConfig = field(default_factory=EximConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -162,6 +174,42 @@ def _check_endpoint(value: str) -> str | None:
     return None
 
 
+def _with_unix_mode(description: str) -> str:
+    """
+    A C{unix:} listener string with C{mode=660} added unless it names a
+    mode itself; any other string as it is.
+    """
+    # Parameters are separated by colons not escaped with a backslash.
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] != "unix" or any(p.partition("=")[0] == "mode" for p in parts[1:]):
+        return description
+    return "%s:mode=%s" % (description, UNIX_LISTEN_MODE)
+
+
+def unix_path(description: str) -> str | None:
+    """The file a C{unix:} listener string binds; None for any other kind."""
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] != "unix" or len(parts) < 2:
+        return None
+    named = [p[len("address="):] for p in parts[1:] if p.startswith("address=")]
+    path = named[0] if named else parts[1]
+    return None if "=" in path and not named else path.replace("\\:", ":")
+
+
+def _check_user(value: str) -> str | None:
+    if not value:
+        return 'must name an account, e.g. "nobody", or be left out'
+    try:
+        account = pwd.getpwnam(value)
+    except KeyError:
+        return "names %r, which is no account on this system (getent passwd %s)" % (
+            value, value)
+    if account.pw_uid == 0:
+        return ("names %r, whose uid is 0: give an unprivileged account (e.g. nobody, or "
+                "one of mxpolicyd's own), or leave the key out" % (value,))
+    return None
+
+
 def _check_client_endpoint(value: str) -> str | None:
     from twisted.internet.endpoints import clientFromString
 
@@ -195,10 +243,12 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     state_directory = daemon.get(
         "state_directory", default_state_directory(environ), str
     )
+    user = daemon.get("user", None, str, _check_user)
     daemon.finish()
 
     sm = top.table("socketmap")
-    listen = list_of(sm, "listen", DEFAULT_LISTEN, _check_endpoint)
+    listen = tuple(
+        map(_with_unix_mode, list_of(sm, "listen", DEFAULT_LISTEN, _check_endpoint)))
     socketmap = SocketmapConfig(
         listen=listen,
         max_request_size=sm.get(
@@ -216,7 +266,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
     ex = top.table("exim")
     exim = EximConfig(
-        listen=list_of(ex, "listen", (), _check_endpoint),
+        listen=tuple(map(_with_unix_mode, list_of(ex, "listen", (), _check_endpoint))),
         timeout=ex.positive("timeout", 10.0),
         max_connections=ex.positive("max_connections", 1000),
     )
@@ -287,7 +337,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
     mta_sts = MTASTSConfig(
         trust_root=None if trust_root == "system" else trust_root,
         fetch_timeout=ms.positive("fetch_timeout", 60.0),
-        block_private=ms.get("block_private", False, bool),
+        block_private=ms.get("block_private", True, bool),
         txt_ttl_min=txt_ttl_min,
         txt_ttl_max=txt_ttl_max,
         retry_interval=ms.get(
@@ -364,6 +414,7 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
 
     return Config(
         state_directory=state_directory,
+        user=user,
         socketmap=socketmap,
         exim=exim,
         metrics=metrics,

@@ -81,6 +81,9 @@ class StsState:
         return cls(**values)
 
 
+# Nothing known of MTA-STS: shared by every state that holds no evidence.
+NO_STS = StsState()
+
 _NUMBER = (int, float)
 _STS_FIELDS: dict[str, Any] = {
     "policy": dict,
@@ -145,6 +148,24 @@ class DomainState:
         if self.dane is None:
             return self.sts.due_at
         return min(self.sts.due_at, self.dane.due_at)
+
+    @property
+    def remembered_only(self) -> bool:
+        """
+        Whether only the downgrade memory is left (L{reduced}): no evidence
+        to answer from, so a lookup evaluates the domain afresh and judges
+        the result against the memory.
+        """
+        return self.memory is not None and self.dane is None and self.sts == NO_STS
+
+    def reduced(self) -> DomainState:
+        """
+        This state without its evidence, keeping only the downgrade memory:
+        what an idle domain, or one evicted for room, keeps until the memory
+        ages out.  The memory is what protects the domain from a downgrade;
+        the evidence, one evaluation learns again.
+        """
+        return DomainState(sts=NO_STS, memory=self.memory)
 
     def changes_at(self, now: float) -> float:
         """

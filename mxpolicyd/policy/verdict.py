@@ -79,6 +79,9 @@ def decide(domain: str, state: DomainState, now: float) -> Verdict:
             rule = "the cached MTA-STS policy expired and no new one was fetched"
         elif sts.record is not None:
             rule = "MTA-STS record found but no valid policy was fetched"
+        elif state.remembered_only:
+            rule = ("no evidence kept, only the downgrade memory (not looked up "
+                    "lately); the next lookup evaluates afresh")
         else:
             rule = "no MTA-STS record and no cached policy"
         return Verdict(domain, Action.NONE, rule)

@@ -4,8 +4,9 @@ written behind the memory layer like L{mxpolicyd.store.sqlite.SQLiteStore}.
 
 Each domain is one key, C{<prefix>d:<domain>}, holding the JSON state and
 when a lookup last asked for it, with a TTL long enough for the refresh
-window and for any cached MTA-STS policy (RFC 8461: a policy is kept until
-its max_age runs out), so Redis forgets long-unused domains by itself.  A
+window, for any cached MTA-STS policy (RFC 8461: a policy is kept until
+its max_age runs out) and for the downgrade memory, so Redis forgets
+long-unused domains by itself.  A
 short lease key, C{<prefix>l:<domain>}, makes one daemon refresh a domain
 for the fleet while the others adopt its result.  Redis is never on the hot
 path: puts are batched and flushed by a timer (L{WriteBehind}); when Redis
@@ -43,15 +44,19 @@ def daemon_id() -> str:
     return "%s/%d/%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(4))
 
 
-def ttl(state: DomainState, now: float, window: float) -> float:
+def ttl(state: DomainState, now: float, window: float, memory: float = 0.0) -> float:
     """
     Seconds Redis keeps a domain's key after a write: the refresh window
     (a domain still in use is rewritten before that), and never less than
-    the cached MTA-STS policy has left to live.
+    the cached MTA-STS policy has left to live, nor than the downgrade
+    memory has (C{memory} seconds after it was last seen; 0 with downgrade
+    protection off).
     """
     keep = window
     if state.sts.policy is not None:
         keep = max(keep, state.sts.expires_at - now)
+    if memory > 0 and state.memory is not None:
+        keep = max(keep, state.memory.seen_at + memory - now)
     return keep
 
 
@@ -87,16 +92,21 @@ class RedisStore:
         prefix: str = "mxpolicyd:",
         owner: str | None = None,
         chunk: int = 1000,
+        memory: float = 0.0,
     ) -> None:
         """
         @param window: the refresh window: a domain unused for this long
             may be forgotten (unless its MTA-STS policy is still valid).
+        @param memory: how long the downgrade memory is kept after it was
+            last seen (policy.downgrade_memory_days; 0 with policy.downgrade
+            off): a domain holding it is kept that long too.
         @param owner: this daemon's name in lease keys.
         @param chunk: commands per pipelined round trip when flushing.
         """
         self._client = client
         self._clock = clock
         self._window = window
+        self._memory = memory
         self._prefix = prefix
         self._owner = owner if owner is not None else daemon_id()
         self._chunk = chunk
@@ -328,7 +338,7 @@ class RedisStore:
             )
         except (TypeError, ValueError):
             return fail()
-        keep = _milliseconds(ttl(state, now, self._window))
+        keep = _milliseconds(ttl(state, now, self._window, self._memory))
         return self._client.execute("SET", self._key(domain), text, "PX", keep)
 
     def _written(self, count: int) -> None:

@@ -30,6 +30,10 @@ from mxpolicyd.store.writebehind import Batch, WriteBehind
 
 Runner = Callable[..., "Deferred[Any]"]
 
+# The store's files: the daemon's user may write, its group read, nobody
+# else anything (which domains the MTA mails is nobody else's business).
+MODE = 0o640
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (
     domain TEXT PRIMARY KEY,
@@ -70,7 +74,9 @@ class SQLiteStore:
     def open(self) -> None:
         """
         Open (creating) the database; a file that is not a usable SQLite
-        database is moved aside and replaced, and the loss is logged.
+        database is moved aside and replaced, and the loss is logged.  A
+        new file is created with mode 0640 whatever the umask, and SQLite
+        gives its -wal and -shm files the same mode.
         """
         directory = os.path.dirname(self.path)
         if directory:
@@ -94,6 +100,7 @@ class SQLiteStore:
         self._reader = sqlite3.connect(self.path, isolation_level=None)
 
     def _connect(self) -> sqlite3.Connection:
+        _create(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -263,3 +270,20 @@ class SQLiteStore:
             if db is not None:
                 db.close()
         self._db = self._reader = None
+
+
+def _create(path: str) -> None:
+    """
+    Create an empty database file (SQLite takes an empty file for an empty
+    database) with mode L{MODE} exactly, unless it exists.  SQLite would
+    create it 0644 less the umask, world-readable under the usual 022,
+    and copies the database's mode to the -wal and -shm files it makes.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, MODE)
+    finally:
+        os.close(fd)
