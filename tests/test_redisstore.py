@@ -21,7 +21,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from mxpolicyd.config.load import ConfigError, parse
 from mxpolicyd.evidence.state import DomainState, StsState
 from mxpolicyd.evidence.sts import StsPolicy
-from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable, ReplyParser
+from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState, Tlsa
+from mxpolicyd.net.redis import (
+    MGET_KEYS,
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+    ReplyParser,
+)
 from mxpolicyd.store.redis import RedisStore, ttl
 from mxpolicyd.store.sqlite import SQLiteStore
 from mxpolicyd.tap import make_store
@@ -437,6 +444,33 @@ class RedisStoreTests(SynchronousTestCase):
         log = self.a.log()
         self.assertTrue(any("bad.test" in line for line in log))
         self.assertIn("Skipped 1 unreadable domain states in Redis at tcp:127.0.0.1:6390", log)
+
+    def test_scan_reads_few_keys_at_a_time(self) -> None:
+        """scan() asks MGET for at most MGET_KEYS keys at a time: a reply may hold only so many bytes."""
+        for i in range(40):
+            self.store.put("d%02d.test" % i, DomainState(), used_at=START)
+        self.flush()
+        rows = []
+        for d in self.store.scan(batch=100):
+            self.redis.pump()
+            rows += self.successResultOf(d)
+        self.assertEqual(len(rows), 40)
+        sizes = [len(c) - 1 for c in self.redis.commands if c[0] == b"MGET"]
+        self.assertEqual(sizes, [MGET_KEYS, MGET_KEYS, 40 - 2 * MGET_KEYS])
+
+    def test_oversized_state_not_written(self) -> None:
+        """A state larger than a reply may hold is kept in memory only, with a warning: no daemon could read it."""
+        hosts = tuple(HostEvidence("mx%d.big.test" % i, 10, HostState.USABLE,
+                                   tlsa=(Tlsa(3, 0, 0, "ab" * 20000),)) for i in range(32))
+        big = DomainState(dane=DaneState(DaneStatus.DANE_ONLY, "x", True, hosts=hosts))
+        self.store.put("big.test", big, used_at=START)
+        self.store.put("a.test", DomainState(), used_at=START)
+        self.flush()
+        self.assertEqual(self.store.unwritten, 0)
+        self.assertIsNone(self.stored("big.test"))
+        self.assertIsNotNone(self.stored("a.test"))
+        self.assertTrue(any("Not storing the state of big.test" in line
+                            for line in self.a.log(LogLevel.warn)))
 
     def test_scan_waits_for_connection(self) -> None:
         """A scan started before the connection is up waits for it."""

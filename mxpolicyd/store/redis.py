@@ -21,15 +21,28 @@ import math
 import os
 import secrets
 import socket
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    fail,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mxpolicyd.evidence.state import DomainState
-from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable
+from mxpolicyd.net.redis import (
+    MAX_BULK,
+    MGET_KEYS,
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+)
 from mxpolicyd.ops.outage import Outage
 from mxpolicyd.store.base import Stored
 from mxpolicyd.store.writebehind import Batch, WriteBehind
@@ -57,6 +70,14 @@ def ttl(state: DomainState, now: float, window: float) -> float:
 
 def _milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _first_error(failure: Failure) -> Failure:
+    """What failed in a gatherResults: the command's own failure."""
+    error = failure.value
+    if isinstance(error, FirstError):
+        return cast(Failure, error.subFailure)
+    return failure
 
 
 def _glob_escape(text: str) -> str:
@@ -176,8 +197,15 @@ class RedisStore:
         walk.done = cursor == b"0"
         if not keys:
             return []
-        d = self._client.execute("MGET", *keys)
-        d.addCallback(self._found, keys, walk)
+        # A few keys per MGET, pipelined: one reply may hold only so many
+        # bytes (MAX_REPLY), and MGET_KEYS values of the largest size fit.
+        parts = [keys[i : i + MGET_KEYS] for i in range(0, len(keys), MGET_KEYS)]
+        d = gatherResults(
+            [self._client.execute("MGET", *part) for part in parts], consumeErrors=True
+        )
+        d.addErrback(_first_error)
+        d.addCallback(lambda values: self._found(
+            [v for chunk in values for v in chunk], keys, walk))
         return d
 
     def _found(self, values: list[Any], keys: list[bytes], walk: _Walk) -> list[Stored]:
@@ -328,6 +356,16 @@ class RedisStore:
             )
         except (TypeError, ValueError):
             return fail()
+        if len(text) > MAX_BULK:  # ASCII: json.dumps escapes the rest
+            # Unreadable for every daemon (the Redis client refuses replies
+            # beyond MAX_BULK): kept in this daemon's memory only.
+            self._log.warn(
+                "Not storing the state of {domain} in {address}: {size} bytes, over "
+                "the {limit} a reply may hold; this daemon keeps it in memory and "
+                "the others evaluate the domain themselves",
+                domain=domain, address=self.path, size=len(text), limit=MAX_BULK,
+            )
+            return succeed(None)
         keep = _milliseconds(ttl(state, now, self._window))
         return self._client.execute("SET", self._key(domain), text, "PX", keep)
 
