@@ -39,6 +39,7 @@ from mxpolicyd.net.dns import Resolver, system_nameservers
 from mxpolicyd.net.https import PolicyFetcher
 from mxpolicyd.net.redis import RedisClient
 from mxpolicyd.ops.metrics import Metrics, MetricsResource
+from mxpolicyd.policy.merge import written
 from mxpolicyd.policy.verdict import Verdict, first_answer
 from mxpolicyd.protocols.control import ControlFactory
 from mxpolicyd.protocols.exim import EximFactory
@@ -192,6 +193,16 @@ class WarmUp(Service):
         )
 
 
+def horizon(config: Config) -> float:
+    """
+    The longest this daemon waits between checks of a domain's evidence:
+    the TXT and DANE TTL caps and the back-off after a failed fetch.  A
+    fleet peer's state never schedules a check later than this.
+    """
+    return float(max(config.mta_sts.txt_ttl_max, config.mta_sts.retry_interval,
+                     config.dane.ttl_max))
+
+
 def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[], None]]:
     """
     The durable store the config asks for, opened, and what stops its
@@ -204,8 +215,11 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
             password=config.store.redis_password,
             db=config.store.redis_db,
         )
+        limit = horizon(config)
         redis = RedisStore(
-            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix
+            client, reactor, window=config.refresh.window, prefix=config.store.key_prefix,
+            merge=lambda ours, stored, now, acknowledged: written(
+                ours, stored, now, limit, acknowledged),
         )
         redis.open()
         return redis, lambda: None
@@ -269,6 +283,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
             max_waiting=config.lookup.max_waiting,
             max_negative=config.lookup.max_negative,
             lease=config.store.lease,
+            horizon=horizon(config),
         ),
         first_answer=first_answers(evaluator),
         metrics=metrics,

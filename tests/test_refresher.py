@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
@@ -188,8 +190,9 @@ class RefresherTests(SynchronousTestCase):
         """When another daemon holds the lease, its newer stored result is adopted."""
         self.warm({"a.test": (100, 0)})
         self.store.held.add("a.test")
-        newer = state(START + 100, START + 5000,
-                      policy=StsPolicy("enforce", 86400, ("mx.test",)), expires=START + 86400)
+        newer = state(START + 100, START + 3000,
+                      policy=StsPolicy("enforce", 86400, ("mx.test",)), expires=START + 86500)
+        newer = replace(newer, sts=replace(newer.sts, fetched_at=START + 100))
         self.store.rows["a.test"] = (newer, START)
         self.clock.advance(100)
         self.assertEqual(self.evaluated(), [])
