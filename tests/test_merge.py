@@ -115,6 +115,17 @@ MERGES: dict[str, tuple[DomainState, DomainState, Action, str | None, bool]] = {
     "older weaker DANE": (
         state(dane_state=dane(DaneStatus.DANE, NEW)), state(dane_state=dane(DaneStatus.NONE, OLD)),
         Action.DANE, None, False),
+    # Our DNS failed where a peer's found DANE lately: kept, as the DANE
+    # evaluator keeps its own result (so a write whose DNS was blocked keeps it).
+    "our DNS failed, the peer's dane-only is older": (
+        state(dane_state=dane(DaneStatus.TEMP, NEW, None)),
+        state(dane_state=dane(DaneStatus.DANE_ONLY, OLD)), Action.DANE_ONLY, None, False),
+    "our DNS failed, the peer's dane-only is two days old": (
+        state(dane_state=dane(DaneStatus.TEMP, NEW, None)),
+        state(dane_state=dane(DaneStatus.DANE_ONLY, NOW - 2 * DAY)), Action.TEMP, None, False),
+    "our DNS failed, the peer found none": (
+        state(dane_state=dane(DaneStatus.TEMP, NEW, None)),
+        state(dane_state=dane(DaneStatus.NONE, OLD)), Action.TEMP, None, False),
     # The memory: the stronger one; a peer's only dropped by evidence.
     "peer remembers more": (
         ENFORCE_OLD, state(memory=("dane-only", OLD)), Action.STS_ENFORCE, "dane-only", False),

@@ -19,13 +19,8 @@ from twisted.python.failure import Failure
 
 from mxpolicyd.cache.entries import Entry
 from mxpolicyd.evidence.state import DomainState
-from mxpolicyd.policy.merge import merged
+from mxpolicyd.policy.merge import capped, merged
 from mxpolicyd.store.base import Store, Stored
-
-# The state this daemon holds of a domain it has not seen: a peer's is
-# merged over it, so that its times are capped like any peer's.
-_NOTHING = DomainState()
-
 
 class Fleet:
     """Refreshes under the store's lease, and adoption of the peers' results."""
@@ -108,10 +103,10 @@ class Fleet:
     def stored(self, state: DomainState) -> DomainState:
         """
         A state read from the store for a domain this daemon does not
-        hold (start-up, a miss): another daemon may have written it, so it
-        is merged over nothing, its times capped.
+        hold (start-up, a miss): there is nothing of ours to weaken, but
+        another daemon may have written it, so its times are capped.
         """
-        return merged(_NOTHING, state, self._clock.seconds(), self._horizon).state or _NOTHING
+        return capped(state, self._clock.seconds(), self._horizon)
 
     def _merged_in_store(self, domain: str, state: DomainState) -> None:
         self.adopt(domain, state)

@@ -39,6 +39,9 @@ _MODE = {"enforce": 2, "testing": 1, "none": 0}
 _DANE = {DaneStatus.DANE_ONLY: 3, DaneStatus.DANE: 2, DaneStatus.NONE: 0}
 # The same scale for the downgrade memory's DANE verdicts.
 _REMEMBERED_DANE = {"dane-only": 3, "dane": 2}
+# How long a DANE result outlives failed re-checks (the DANE evaluator's
+# grace): a peer's lately found DANE stands over our TEMP.
+DANE_GRACE = 86400.0
 
 
 class Merged(NamedTuple):
@@ -69,20 +72,22 @@ def capped(state: DomainState, now: float, horizon: float) -> DomainState:
     sts = state.sts
     fetched = _at_most(sts.fetched_at, now)
     life = fetched + sts.policy.max_age if sts.policy is not None else now
-    new_sts = StsState(
-        policy=sts.policy,
-        policy_id=sts.policy_id,
-        fetched_at=fetched,
-        expires_at=_at_most(sts.expires_at, life),
-        record=sts.record,
-        checked_at=_at_most(sts.checked_at, now),
-        due_at=_at_most(sts.due_at, latest),
-        failure=sts.failure,
-        failed_id=sts.failed_id,
-        retry_at=_at_most(sts.retry_at, latest),
-    )
-    if new_sts == sts:
+    if (sts.fetched_at <= now and sts.expires_at <= life and sts.checked_at <= now
+            and sts.due_at <= latest and sts.retry_at <= latest):
         new_sts = sts
+    else:
+        new_sts = StsState(
+            policy=sts.policy,
+            policy_id=sts.policy_id,
+            fetched_at=fetched,
+            expires_at=_at_most(sts.expires_at, life),
+            record=sts.record,
+            checked_at=_at_most(sts.checked_at, now),
+            due_at=_at_most(sts.due_at, latest),
+            failure=sts.failure,
+            failed_id=sts.failed_id,
+            retry_at=_at_most(sts.retry_at, latest),
+        )
     dane = state.dane
     if dane is not None and not (dane.checked_at <= now and dane.due_at <= latest):
         dane = replace(dane, checked_at=_at_most(dane.checked_at, now),
@@ -112,6 +117,7 @@ def merged(ours: DomainState, theirs: DomainState, now: float, horizon: float) -
       - DANE: theirs when checked later and at least as strong as our
         result and our remembered DANE verdict; a peer's TEMP only when we
         know nothing better (a weaker or TEMP result over ours: recheck);
+        a peer's DANE found within a day over our TEMP, even if older;
       - the downgrade memory: the strongest of the two, a peer's dropped
         only when the merged evidence withdraws it.
 
@@ -126,7 +132,7 @@ def merged(ours: DomainState, theirs: DomainState, now: float, horizon: float) -
         # peer cannot hold back this daemon's own fetches.
         sts = replace(sts, record=t.sts.record, checked_at=t.sts.checked_at,
                       due_at=t.sts.due_at, failure=t.sts.failure)
-    dane, refused_dane = _dane(ours.dane, t.dane, ours.memory)
+    dane, refused_dane = _dane(ours.dane, t.dane, ours.memory, now)
     state = DomainState(sts=sts, dane=dane, memory=ours.memory)
     memory = _memory(ours.memory, t.memory, state, now)
     if memory is not ours.memory:
@@ -159,10 +165,17 @@ def _with_policy(ours: StsState, theirs: StsState, policy: StsPolicy) -> StsStat
                    fetched_at=theirs.fetched_at, expires_at=theirs.expires_at)
 
 
-def _dane(ours: DaneState | None, theirs: DaneState | None,
-          memory: Remembered | None) -> tuple[DaneState | None, bool]:
+def _dane(ours: DaneState | None, theirs: DaneState | None, memory: Remembered | None,
+          now: float) -> tuple[DaneState | None, bool]:
     """The DANE result to hold; whether a newer one of theirs was refused."""
-    if theirs is None or ours is not None and theirs.checked_at <= ours.checked_at:
+    if theirs is None:
+        return ours, False
+    if ours is not None and theirs.checked_at <= ours.checked_at:
+        if (ours.status is DaneStatus.TEMP and theirs.status.applies
+                and now < theirs.checked_at + DANE_GRACE):
+            # Our DNS failed where a peer's found DANE lately: kept, as the
+            # DANE evaluator keeps its own result through failures.
+            return theirs, False
         return ours, False
     known = -1
     if ours is not None and ours.status is not DaneStatus.TEMP:
