@@ -124,8 +124,9 @@ class Fleet:
                 # refetch of a policy about to run out): only this daemon's
                 # own evaluation may weaken its answer.
                 self._log.info(
-                    "The fleet's stored state of {domain} would weaken what this "
-                    "daemon knows; checking the domain here",
+                    "Not taking all of the fleet's stored state of {domain} (newer "
+                    "but weaker evidence, or a policy overdue for its refetch); "
+                    "checking the domain here",
                     domain=domain,
                 )
                 return self._evaluate(domain)
