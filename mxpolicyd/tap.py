@@ -16,7 +16,7 @@ import pwd
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -40,6 +40,7 @@ from mxpolicyd.net.dns import Resolver, system_nameservers
 from mxpolicyd.net.https import PolicyFetcher
 from mxpolicyd.net.redis import RedisClient
 from mxpolicyd.ops.metrics import Metrics, MetricsResource
+from mxpolicyd.policy.merge import written
 from mxpolicyd.policy.verdict import Verdict, first_answer
 from mxpolicyd.protocols.control import ControlFactory
 from mxpolicyd.protocols.exim import EximFactory
@@ -194,12 +195,84 @@ class WarmUp(Service):
         )
 
 
+def horizon(config: Config) -> float:
+    """
+    The longest this daemon waits between checks of a domain's evidence:
+    the TXT and DANE TTL caps and the back-off after a failed fetch.  A
+    fleet peer's state never schedules a check later than this.
+    """
+    return float(max(config.mta_sts.txt_ttl_max, config.mta_sts.retry_interval,
+                     config.dane.ttl_max))
+
+
+def _endpoint_host(description: str) -> tuple[str, str | None]:
+    """
+    The kind of a client endpoint string and the host it connects to (None
+    for a unix socket), colons escaped with backslashes as Twisted has them.
+    """
+    fields, field, escaped = [], "", False
+    for c in description:
+        if escaped:
+            field, escaped = field + c, False
+        elif c == "\\":
+            escaped = True
+        elif c == ":":
+            fields.append(field)
+            field = ""
+        else:
+            field += c
+    fields.append(field)
+    kind, args = fields[0], fields[1:]
+    if kind == "unix":
+        return kind, None
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    return kind, named.get("host", positional[0] if positional else "")
+
+
+def redis_exposure(config: Config) -> list[str]:
+    """
+    What is risky about the fleet store's Redis, from the config alone
+    (store.redis and store.redis_password; nothing is asked of Redis): no
+    password, and a TCP host that is not loopback (an IP address outside
+    127.0.0.0/8 and ::1, or any name but localhost).  Whoever can write
+    to it can write what every daemon of the fleet reads: the daemons
+    merge it and never take a weaker state from it, but stronger lies
+    defer mail, and leases held stop the fleet's refreshes.
+    """
+    store = config.store
+    warnings = []
+    kind, host = _endpoint_host(store.redis)
+    if host is not None:
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = host.lower() in ("localhost", "localhost.")
+        if not loopback:
+            warnings.append(
+                "store.redis (%s) is not on loopback: every host that reaches %s can "
+                "try to write the domain states the fleet shares%s; keep Redis on a "
+                "network only the fleet reaches, with a password"
+                % (store.redis, host, "" if kind == "tls" else
+                   ", and they and the password cross the network in clear text"))
+    if store.redis_password is None:
+        warnings.append(
+            "store.redis_password is not set: anyone who can connect to Redis at %s "
+            "can write the domain states the fleet shares (the daemons never take a "
+            "weaker state from it, but a stronger one defers mail, and a held lease "
+            "stops refreshes); set requirepass in redis.conf and store.redis_password"
+            % (store.redis,))
+    return warnings
+
+
 def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[], None]]:
     """
     The durable store the config asks for, opened, and what stops its
     machinery after the last flush.
     """
     if config.store.backend == "redis":
+        for warning in redis_exposure(config):
+            _log.warn("{warning}", warning=warning)
         client = RedisClient(
             reactor,
             config.store.redis,
@@ -207,9 +280,12 @@ def make_store(config: Config, reactor: Any) -> tuple[DurableStore, Callable[[],
             db=config.store.redis_db,
         )
         admin = config.admin
+        limit = horizon(config)
         redis = RedisStore(
             client, reactor, window=config.refresh.window, prefix=config.store.key_prefix,
             memory=admin.memory if admin.downgrade != "off" else 0.0,
+            merge=lambda ours, stored, now, acknowledged: written(
+                ours, stored, now, limit, acknowledged),
         )
         redis.open()
         return redis, lambda: None
@@ -361,6 +437,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
             max_waiting=config.lookup.max_waiting,
             max_negative=config.lookup.max_negative,
             lease=config.store.lease,
+            horizon=horizon(config),
         ),
         first_answer=first_answers(evaluator),
         metrics=metrics,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -46,6 +46,8 @@ class RecordingStore:
         self.rows: dict[str, tuple[DomainState, float]] = {}
         self.gets: list[str] = []
         self.deleted: list[str] = []
+        self.acknowledged: list[str] = []
+        self.merged_listeners: list[Callable[[str, DomainState], None]] = []
 
     def scan(self, batch: int) -> Iterator[list[Stored]]:
         rows = [(d, s, u) for d, (s, u) in sorted(self.rows.items())]
@@ -57,9 +59,15 @@ class RecordingStore:
         row = self.rows.get(domain)
         return succeed(None if row is None else (domain, row[0], row[1]))
 
-    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0,
+            acknowledged: bool = False) -> None:
         self.puts.append((domain, state))
         self.rows[domain] = (state, used_at)
+        if acknowledged:
+            self.acknowledged.append(domain)
+
+    def on_merged(self, listener: Callable[[str, DomainState], None]) -> None:
+        self.merged_listeners.append(listener)
 
     def delete(self, domain: str) -> None:
         self.deleted.append(domain)

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.cache.entries import Entry
-from mxpolicyd.cache.fleet import Fleet, merged
+from mxpolicyd.cache.fleet import Fleet
 from mxpolicyd.cache.policycache import CacheSettings, PolicyCache
 from mxpolicyd.evidence.dane import DaneState, DaneStatus
-from mxpolicyd.evidence.state import DomainState, StsState
+from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
 from mxpolicyd.policy.verdict import Action
 from mxpolicyd.store.base import Stored
@@ -24,28 +24,6 @@ from mxpolicyd.store.base import Stored
 from .test_cache import RecordingStore, ScriptedEvaluator, enforced
 
 NOW = 1000.0
-
-
-class MergedTests(SynchronousTestCase):
-    def test_newer_only(self) -> None:
-        """A peer's state is taken only when its evidence was gathered later, DANE's included."""
-        ours = enforced(NOW)
-        self.assertIsNone(merged(ours, enforced(NOW), NOW))
-        self.assertIsNone(merged(ours, enforced(NOW - 1), NOW))
-        newer = enforced(NOW + 1)
-        self.assertIs(merged(ours, newer, NOW), newer)
-        dane_newer = replace(enforced(NOW - 1), dane=DaneState(DaneStatus.NONE, "x",
-                                                               checked_at=NOW + 5))
-        self.assertIs(merged(ours, dane_newer, NOW), dane_newer)
-
-    def test_unexpired_policy_kept(self) -> None:
-        """A newer state without a policy keeps ours while it is unexpired, not after."""
-        ours = enforced(NOW)
-        lost = DomainState(sts=StsState(checked_at=NOW + 10))
-        taken = merged(ours, lost, NOW + 10)
-        assert taken is not None
-        self.assertEqual(taken.sts, ours.sts)
-        self.assertIs(merged(ours, lost, NOW + 86400), lost)
 
 
 class LeaseStore(RecordingStore):
@@ -93,11 +71,50 @@ class FleetTests(SynchronousTestCase):
 
     def test_held_elsewhere_adopts(self) -> None:
         """Without the lease, a newer stored state is applied, not evaluated."""
+        self.clock.advance(5)
         newer = enforced(NOW + 5)
         self.store.rows["a.test"] = (newer, NOW)
         self.store.answer = succeed(False)
         self.assertIs(self.successResultOf(self.fleet.refresh("a.test")), self.entry)
         self.assertEqual((self.evaluated, self.applied, self.settled), ([], [newer], []))
+
+    def test_held_elsewhere_weaker(self) -> None:
+        """Without the lease, newer stored evidence that would weaken ours is not applied: the domain is evaluated here."""
+        self.clock.advance(5)
+        none = StsPolicy("none", 86400, ())
+        weaker = DomainState(sts=StsState(policy=none, policy_id="2", fetched_at=NOW + 5,
+                                          expires_at=NOW + 5 + 86400, checked_at=NOW + 5))
+        self.store.rows["a.test"] = (weaker, NOW)
+        self.store.answer = succeed(False)
+        self.assertIs(self.successResultOf(self.fleet.refresh("a.test")), self.entry)
+        self.assertEqual(self.evaluated, ["a.test"])
+        self.assertEqual([s.sts.policy for s in self.applied], [self.entry.state.sts.policy])
+
+    def test_future_state_capped(self) -> None:
+        """A stored state dated 30 years ahead is taken with its times capped: the next check is not pushed out."""
+        self.clock.advance(5)
+        far = NOW + 30 * 365 * 86400
+        self.store.rows["a.test"] = (DomainState(sts=replace(
+            enforced(NOW).sts, checked_at=far, due_at=far)), NOW)
+        self.store.answer = succeed(False)
+        self.successResultOf(self.fleet.refresh("a.test"))
+        self.assertEqual(len(self.applied), 1)
+        self.assertEqual(self.applied[0].sts.checked_at, NOW + 5)
+        self.assertEqual(self.applied[0].due_at, NOW + 5 + 3600)
+
+    def test_merged_in_store(self) -> None:
+        """A write that found more in the store brings it into the cached entry."""
+        self.clock.advance(5)
+        remembered = replace(enforced(NOW), memory=Remembered("dane-only", NOW))
+        for listener in self.store.merged_listeners:
+            listener("a.test", remembered)
+        self.assertEqual([s.memory for s in self.applied], [Remembered("dane-only", NOW)])
+
+    def test_stored(self) -> None:
+        """A state read for a domain not held is taken with its times capped."""
+        far = NOW + 10**9
+        got = self.fleet.stored(DomainState(sts=StsState(checked_at=far, due_at=far)))
+        self.assertEqual((got.sts.checked_at, got.sts.due_at), (NOW, NOW + 3600))
 
     def test_held_nothing_newer(self) -> None:
         """Without the lease and nothing newer, look again after the lease: due later, rescheduled."""
@@ -150,6 +167,27 @@ class CacheFleetTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
         self.assertEqual(self.evaluator.calls, [])
 
+    def test_stored_times_capped(self) -> None:
+        """A domain read from the shared store, dated 30 years ahead, is due no later than the horizon."""
+        now = self.clock.seconds()
+        far = now + 30 * 365 * 86400
+        self.store.rows["example.test"] = (DomainState(sts=replace(
+            enforced(now).sts, checked_at=far, due_at=far)), far)
+        d = self.cache.lookup("example.test")
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d).action, Action.STS_ENFORCE)
+        entry = self.cache.get("example.test")
+        assert entry is not None
+        self.assertEqual((entry.due_at, entry.used_at), (now + 3600, now))
+
+    def test_acknowledged_write(self) -> None:
+        """cache ack asks the store to write the acknowledged memory as it is."""
+        now = self.clock.seconds()
+        self.cache.load([("example.test", replace(enforced(now), memory=Remembered(
+            "dane-only", now)))])
+        self.assertIsNotNone(self.cache.acknowledge("example.test"))
+        self.assertEqual(self.store.acknowledged, ["example.test"])
+
     def test_slow_store_read_bounded(self) -> None:
         """A store read that hangs gives way to an evaluation within the lookup deadline."""
         self.store.hang = True
@@ -192,17 +230,25 @@ class AdoptTests(SynchronousTestCase):
         self.cache.on_change(self.changes.append)
 
     def test_adopt_newer_only(self) -> None:
-        """A fleet member's state replaces ours only when it was checked later."""
+        """A fleet member's policy replaces ours only when fetched later, and never a weaker one."""
         entry = self.cache.get("example.test")
         assert entry is not None
+        now = self.clock.seconds()
         none = StsPolicy("none", 86400, ())
-        older = DomainState(sts=StsState(policy=none, expires_at=10**9,
-                                         checked_at=self.clock.seconds() - 10))
+        older = DomainState(sts=StsState(policy=none, fetched_at=now - 10,
+                                         expires_at=now - 10 + 86400, checked_at=now - 10))
         self.assertFalse(self.cache.adopt("example.test", older))
         self.assertEqual(entry.verdict.action, Action.STS_ENFORCE)
-        newer = replace(older, sts=replace(older.sts, checked_at=self.clock.seconds() + 10))
+        self.clock.advance(10)
+        newer = replace(older, sts=replace(older.sts, fetched_at=now + 10, checked_at=now + 10,
+                                           expires_at=now + 10 + 86400))
         self.assertTrue(self.cache.adopt("example.test", newer))
-        self.assertEqual(entry.verdict.action, Action.NONE)
+        self.assertEqual(entry.verdict.action, Action.STS_ENFORCE)
+        self.assertEqual(entry.state.sts.checked_at, now + 10)
+        rotated = enforced(now + 10)
+        rotated = replace(rotated, sts=replace(rotated.sts, policy_id="2"))
+        self.assertTrue(self.cache.adopt("example.test", rotated))
+        self.assertEqual(entry.state.sts.policy_id, "2")
 
     def test_adopt_keeps_unexpired_policy(self) -> None:
         """A newer state without a policy never makes us drop an unexpired one."""

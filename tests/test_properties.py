@@ -1,6 +1,7 @@
 """
 Property tests (issue #7): the two wire codecs, the MTA-STS record and policy
-parsers and domain normalisation keep their promises for generated input.
+parsers, domain normalisation and (issue #14) the Redis reply parser keep
+their promises for generated input.
 The codecs are driven through their public protocol interface with the fake
 lookup of the fuzz harness (tests/fuzz/targets.py), whose seed and regression
 corpus is replayed here too, so the long-run harness stays valid.
@@ -26,6 +27,7 @@ from mxpolicyd.evidence.sts import (
     parse_policy,
     parse_txt,
 )
+from mxpolicyd.net.redis import RedisError, RedisProtocolError, ReplyParser
 from mxpolicyd.protocols.socketmap import netstring
 from tests.fuzz import targets
 from tests.fuzz.targets import (
@@ -455,6 +457,139 @@ class NormalisePropertyTests(SynchronousTestCase):
         self.assertCanonical(got)
         if got is not None:
             self.assertEqual(normalise(key.upper()), got)
+
+
+# --- the Redis reply parser (issue #14) -----------------------------------------------
+
+# Small bounds, so that generated replies reach them and go beyond.
+BULK, DEPTH, ELEMENTS, REPLY = 24, 3, 40, 1024
+
+
+def small_parser() -> ReplyParser:
+    return ReplyParser(max_bulk=BULK, max_depth=DEPTH, max_elements=ELEMENTS, max_reply=REPLY)
+
+
+line_text = st.text(st.characters(blacklist_characters="\r\n", max_codepoint=0x2FF),
+                    max_size=10)
+scalars = st.one_of(
+    line_text.map(lambda t: ("+", t)),
+    line_text.map(lambda t: ("-", t)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda n: (":", n)),
+    st.binary(max_size=BULK).map(lambda b: ("$", b)),
+    st.just(("$", None)),
+)
+
+
+def nested(depth: int) -> st.SearchStrategy[Any]:
+    """Replies with arrays at most C{depth} deep (a null array is one level too)."""
+    if depth == 0:
+        return scalars
+    return st.one_of(scalars, st.just(("*", None)),
+                     st.lists(nested(depth - 1), max_size=3).map(lambda v: ("*", v)))
+
+
+def wire(value: Any) -> bytes:
+    """A reply as Redis writes it."""
+    kind, data = value
+    if data is None:
+        return kind.encode() + b"-1\r\n"
+    if kind in "+-":
+        return kind.encode() + data.encode("utf-8") + b"\r\n"
+    if kind == ":":
+        return b":%d\r\n" % data
+    if kind == "$":
+        return b"$%d\r\n%s\r\n" % (len(data), data)
+    return b"*%d\r\n" % len(data) + b"".join(wire(v) for v in data)
+
+
+def parsed(value: Any) -> Any:
+    """What the parser makes of a reply (errors as their text, to compare)."""
+    kind, data = value
+    if kind == "-":
+        return ("error", data)
+    if kind == "*" and data is not None:
+        return [parsed(v) for v in data]
+    return data
+
+
+def elements(value: Any) -> int:
+    kind, data = value
+    if kind != "*" or data is None:
+        return 0
+    return len(data) + sum(elements(v) for v in data)
+
+
+# Well-formed replies within the small bounds.
+replies = nested(DEPTH).filter(lambda v: elements(v) <= ELEMENTS and len(wire(v)) <= REPLY)
+# Replies that no stream may contain: not RESP2, or beyond a bound.
+bad_replies = st.one_of(
+    st.sampled_from([b"$-2\r\n", b"*-2\r\n", b"$-0\r\n", b"$x\r\n", b"$+1\r\n", b"$ 1\r\n",
+                     b":1_0\r\n", b":\r\n", b"?\r\n", b"\r\n", b"$2\r\nabc\r\n",
+                     b"$%d\r\n" % (BULK + 1), b"$999999999999\r\n",
+                     b"*1\r\n" * (DEPTH + 1), b"*1\r\n" * 2000, b"*%d\r\n" % (ELEMENTS + 1),
+                     # 40 elements of 24 bytes: more bytes than one reply may hold
+                     b"*40\r\n" + (b"$24\r\n" + b"y" * 24 + b"\r\n") * 40]),
+    st.binary(min_size=1, max_size=1).filter(lambda b: b not in b"+-:$*").map(lambda b: b + b"x\r\n"),
+    st.integers(2, 10**15).map(lambda n: b"$-%d\r\n" % n),
+)
+
+
+def collect(parser: ReplyParser, segments: list[bytes]) -> tuple[list[Any], bool]:
+    """The replies the segments give, fed in turn, and whether a protocol error ended them."""
+    got: list[Any] = []
+    for segment in segments:
+        try:
+            got += parser.feed(segment)
+        except RedisProtocolError:
+            return [comparable(r) for r in got], True
+    return [comparable(r) for r in got], False
+
+
+def comparable(reply: Any) -> Any:
+    """Error replies as their text, to compare."""
+    if isinstance(reply, RedisError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [comparable(r) for r in reply]
+    return reply
+
+
+class RedisReplyPropertyTests(SynchronousTestCase):
+    """ReplyParser for any stream of bytes, cut anywhere."""
+
+    @SOME
+    @given(st.lists(replies, max_size=6), st.data())
+    def test_split_anywhere(self, values: list[Any], data: st.DataObject) -> None:
+        """Valid replies give the same values, in order, however the stream is cut."""
+        stream = b"".join(wire(v) for v in values)
+        expected = [parsed(v) for v in values]
+        self.assertEqual(collect(small_parser(), [stream]), (expected, False))
+        self.assertEqual(collect(small_parser(), cuts(data, stream)), (expected, False))
+        self.assertEqual(collect(ReplyParser(), cuts(data, stream)), (expected, False))
+
+    @SOME
+    @given(st.lists(replies, max_size=4), bad_replies, st.binary(max_size=16), st.data())
+    def test_invalid_raises_protocol_error(self, before: list[Any], bad: bytes, after: bytes,
+                                           data: st.DataObject) -> None:
+        """A bad reply raises RedisProtocolError, cut or whole, after the replies before it at most."""
+        stream = b"".join(wire(v) for v in before) + bad + after
+        got, failed = collect(small_parser(), cuts(data, stream))
+        self.assertTrue(failed, stream)
+        self.assertEqual(got, [parsed(v) for v in before][:len(got)])
+        self.assertEqual(collect(small_parser(), [stream]), ([], True))
+
+    @SOME
+    @given(st.lists(st.one_of(replies.map(wire), bad_replies, st.binary(max_size=12),
+                              st.sampled_from([b"\r\n", b"$", b"*", b"-1\r\n", b"3\r\n"])),
+                    max_size=8), st.data())
+    def test_any_bytes(self, parts: list[bytes], data: st.DataObject) -> None:
+        """Any bytes give replies or a RedisProtocolError, nothing else, and the same whether cut or whole."""
+        stream = b"".join(parts)
+        whole = collect(small_parser(), [stream])
+        cut = collect(small_parser(), cuts(data, stream))
+        self.assertEqual(cut[1], whole[1])
+        if not whole[1]:
+            self.assertEqual(cut[0], whole[0])
 
 
 # --- the fuzz corpus, and what fuzzing found -------------------------------------------

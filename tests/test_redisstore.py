@@ -22,8 +22,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from mxpolicyd.config.load import ConfigError, parse
 from mxpolicyd.evidence.state import DomainState, Remembered, StsState
 from mxpolicyd.evidence.sts import StsPolicy
-from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable, ReplyParser
-from mxpolicyd.store.redis import RedisStore, ttl
+from mxpolicyd.evidence.dane import DaneState, DaneStatus, HostEvidence, HostState, Tlsa
+from mxpolicyd.net.redis import (
+    MGET_KEYS,
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+    ReplyParser,
+)
+from mxpolicyd.evidence.state import Remembered
+from mxpolicyd.policy.merge import written
+from mxpolicyd.store.redis import CAS, RedisStore, ttl
 from mxpolicyd.store.sqlite import SQLiteStore
 from mxpolicyd.tap import make_store
 
@@ -60,7 +69,8 @@ class FakeRedis:
     """
     A Redis made of a dict, serving the client's connections through
     StringTransports: PING, SET (NX, PX), GET, DEL, MGET, SCAN (MATCH
-    prefix*, COUNT) and PTTL, with expiry on the reactor's clock.
+    prefix*, COUNT), PTTL and EVAL of the store's compare-and-set script,
+    with expiry on the reactor's clock.
     """
 
     def __init__(self, reactor: MemoryReactorClock) -> None:
@@ -145,6 +155,16 @@ class FakeRedis:
                 expires = self.reactor.seconds() + int(options[options.index(b"PX") + 1]) / 1000
             self.data[key] = (value, expires)
             return "OK"
+        if name == b"EVAL":
+            # Only the store's compare-and-set script, run as Redis would.
+            if args[0] != CAS.encode() or args[1] != b"1":
+                return RedisError("ERR unknown script")
+            key, expected, value, px = args[2:6]
+            current = self.live(key) or b""
+            if current != expected:
+                return current
+            self.data[key] = (value, self.reactor.seconds() + int(px) / 1000)
+            return 1
         if name == b"SCAN":
             cursor = int(args[0])
             options = dict(zip(args[1::2], args[2::2]))
@@ -163,7 +183,11 @@ class Fleet:
     def __init__(self, test: SynchronousTestCase, reactor: MemoryReactorClock, redis: FakeRedis,
                  owner: str, chunk: int = 1000, connect: bool = True) -> None:
         self.client = RedisClient(reactor, "tcp:127.0.0.1:6390", timeout=2.0)
-        self.store = RedisStore(self.client, reactor, window=WINDOW, owner=owner, chunk=chunk)
+        self.store = RedisStore(self.client, reactor, window=WINDOW, owner=owner, chunk=chunk,
+                                merge=lambda ours, stored, now, ack: written(
+                                    ours, stored, now, 3600.0, ack))
+        self.merged: list[tuple[str, DomainState]] = []
+        self.store.on_merged(lambda domain, state: self.merged.append((domain, state)))
         self.events: list[dict[str, Any]] = []
         observer = cast(ILogObserver, self.observe)
         globalLogPublisher.addObserver(observer)
@@ -225,7 +249,7 @@ class RedisStoreTests(SynchronousTestCase):
         """A domain without a cached policy is kept for the refresh window."""
         self.store.put("a.test", DomainState(), used_at=START)
         self.flush()
-        self.assertEqual(self.redis.commands[-1][-2:], [b"PX", b"%d" % (WINDOW * 1000)])
+        self.assertEqual(self.redis.commands[-1][-1], b"%d" % (WINDOW * 1000))
         self.reactor.advance(WINDOW - 1)
         self.assertIsNotNone(self.stored("a.test"))
         self.reactor.advance(1)
@@ -235,7 +259,7 @@ class RedisStoreTests(SynchronousTestCase):
         """A cached MTA-STS policy valid beyond the window keeps its key until it expires (RFC 8461)."""
         self.store.put("a.test", enforced(START + 30 * DAY), used_at=START)
         self.flush()
-        self.assertEqual(self.redis.commands[-1][-2:], [b"PX", b"%d" % (30 * DAY * 1000)])
+        self.assertEqual(self.redis.commands[-1][-1], b"%d" % (30 * DAY * 1000))
         self.reactor.advance(30 * DAY - 1)
         self.assertIsNotNone(self.stored("a.test"))
 
@@ -259,7 +283,9 @@ class RedisStoreTests(SynchronousTestCase):
                            memory=30 * DAY)
         store.put("kept.test", memory, used_at=now - 8 * DAY)
         self.flush(store)
-        self.assertEqual(self.redis.commands[-1][-2:], [b"PX", b"%d" % (22 * DAY * 1000)])
+        # The compare-and-set script's last argument is the key's lifetime in ms.
+        write = self.redis.commands[-1]
+        self.assertEqual((write[0], write[-1]), (b"EVAL", b"%d" % (22 * DAY * 1000)))
         self.reactor.advance(22 * DAY - 1)
         self.assertIsNotNone(self.stored("kept.test"))
 
@@ -270,7 +296,7 @@ class RedisStoreTests(SynchronousTestCase):
         self.store.put("a.test", newer, used_at=START + 1)
         self.flush()
         self.assertEqual(self.stored("a.test"), {"state": newer.to_json(), "used": START + 1})
-        self.assertEqual([c[0] for c in self.redis.commands].count(b"SET"), 1)
+        self.assertEqual([c[0] for c in self.redis.commands].count(b"EVAL"), 1)
 
     def test_delete(self) -> None:
         """A deleted domain's key is removed at the next flush."""
@@ -371,7 +397,7 @@ class RedisStoreTests(SynchronousTestCase):
         self.store.put("a.test", DomainState(), used_at=START)
         run = self.redis.run
         self.redis.run = lambda c: (  # type: ignore[method-assign]
-            RedisError("OOM command not allowed") if c[0] == b"SET" else run(c)
+            RedisError("OOM command not allowed") if c[0] == b"EVAL" else run(c)
         )
         self.flush()
         self.assertEqual(self.store.unwritten, 1)
@@ -381,14 +407,118 @@ class RedisStoreTests(SynchronousTestCase):
         self.assertEqual(self.store.unwritten, 0)
         self.assertIsNotNone(self.stored("a.test"))
 
+    def test_write_merges_over_stored(self) -> None:
+        """A state whose fetch was blocked is merged over the fleet's: the stored policy and memory stay, and the cache hears of it."""
+        stored = replace(enforced(START + 30 * DAY), memory=Remembered("sts-enforce", START))
+        self.store.put("a.test", stored, used_at=START)
+        self.flush()
+        b = Fleet(self, self.reactor, self.redis, "daemon-b")
+        self.reactor.advance(10)
+        blocked = DomainState(sts=StsState(record="v=STSv1; id=2", checked_at=START + 10,
+                                           due_at=START + 70, failure="policy fetch failed"))
+        b.store.put("a.test", blocked, used_at=START + 10)
+        self.flush(b.store)
+        value = self.stored("a.test")
+        assert value is not None
+        got = DomainState.from_json(value["state"])
+        self.assertEqual((got.sts.policy, got.memory), (ENFORCE, stored.memory))
+        self.assertEqual((got.sts.checked_at, got.sts.failure), (START + 10, "policy fetch failed"))
+        self.assertEqual(value["used"], START + 10)
+        self.assertEqual(b.merged, [("a.test", got)])
+        # The key lives as long as the merged state needs: the window here.
+        self.assertEqual(self.redis.commands[-1][-1], b"%d" % (WINDOW * 1000))
+
+    def test_nothing_to_merge(self) -> None:
+        """A write that the stored state adds nothing to is not reported."""
+        self.store.put("a.test", enforced(START + DAY), used_at=START)
+        self.flush()
+        self.store.put("a.test", enforced(START + DAY), used_at=START)
+        self.flush()
+        self.assertEqual(self.a.merged, [])
+
+    def test_compare_and_set_retries(self) -> None:
+        """Another daemon's write between the read and the compare-and-set is merged in, not lost."""
+        b = Fleet(self, self.reactor, self.redis, "daemon-b")
+        self.store.put("a.test", DomainState(sts=StsState(checked_at=START, due_at=START + 60)),
+                       used_at=START)
+        run = self.redis.run
+        peer = replace(enforced(START + DAY), memory=Remembered("dane-only", START))
+        raced: list[bool] = []
+
+        def racing(command: list[bytes]) -> Any:
+            if command[0] == b"EVAL" and not raced:
+                raced.append(True)
+                text = json.dumps({"state": peer.to_json(), "used": START})
+                self.redis.data[b"mxpolicyd:d:a.test"] = (text.encode(), math.inf)
+            return run(command)
+
+        self.redis.run = racing  # type: ignore[method-assign]
+        self.flush()
+        self.assertEqual([c[0] for c in self.redis.commands].count(b"EVAL"), 2)
+        value = self.stored("a.test")
+        assert value is not None
+        got = DomainState.from_json(value["state"])
+        self.assertEqual((got.sts.policy, got.memory), (ENFORCE, peer.memory))
+        self.assertEqual(self.store.unwritten, 0)
+        del b
+
+    def test_contended_write_waits(self) -> None:
+        """A key other daemons keep changing is tried three times, then kept for the next flush."""
+        self.store.put("a.test", DomainState(), used_at=START)
+        run = self.redis.run
+        count = [0]
+
+        def racing(command: list[bytes]) -> Any:
+            if command[0] == b"EVAL":
+                count[0] += 1
+                self.redis.data[b"mxpolicyd:d:a.test"] = (b"{}%d" % count[0], math.inf)
+            return run(command)
+
+        self.redis.run = racing  # type: ignore[method-assign]
+        self.flush()
+        self.assertEqual(count[0], 3)
+        self.assertEqual(self.store.unwritten, 1)
+        self.assertTrue(any("again at the next flush" in line for line in self.a.log(LogLevel.info)))
+        self.redis.run = run  # type: ignore[method-assign]
+        self.flush()
+        self.assertEqual(self.store.unwritten, 0)
+
+    def test_acknowledged_memory_written(self) -> None:
+        """An acknowledged state's memory replaces a stronger stored one, also when another put follows it before the flush."""
+        self.store.put("a.test", replace(enforced(START + DAY), memory=Remembered("dane-only", START)),
+                       used_at=START)
+        self.flush()
+        acked = replace(enforced(START + DAY), memory=Remembered("sts-enforce", START))
+        self.store.put("a.test", acked, used_at=START, acknowledged=True)
+        self.store.put("a.test", acked, used_at=START + 1)
+        self.flush()
+        value = self.stored("a.test")
+        assert value is not None
+        self.assertEqual(DomainState.from_json(value["state"]).memory, acked.memory)
+        self.store.put("a.test", replace(acked, memory=None), used_at=START + 2)
+        self.flush()
+        value = self.stored("a.test")
+        assert value is not None
+        self.assertEqual(DomainState.from_json(value["state"]).memory, acked.memory)
+
+    def test_future_use_capped(self) -> None:
+        """A stored last use in the future is merged as now: a key is not kept alive by a lie."""
+        self.redis.data[b"mxpolicyd:d:a.test"] = (json.dumps(
+            {"state": DomainState().to_json(), "used": START + 10**9}).encode(), math.inf)
+        self.store.put("a.test", DomainState(), used_at=START - 5)
+        self.flush()
+        value = self.stored("a.test")
+        assert value is not None
+        self.assertEqual(value["used"], START)
+
     def test_pipelined_in_chunks(self) -> None:
-        """A flush sends its writes pipelined, a chunk per round trip."""
+        """A flush sends its writes pipelined, a chunk at a time: its reads in one round trip, its compare-and-sets in the next."""
         fleet = Fleet(self, self.reactor, self.redis, "daemon-c", chunk=2)
         for i in range(5):
             fleet.store.put("d%d.test" % i, DomainState(), used_at=START)
         self.redis.reads.clear()
         self.flush(fleet.store)
-        self.assertEqual(self.redis.reads, [2, 2, 1])
+        self.assertEqual(self.redis.reads, [2, 2, 2, 2, 1, 1])
         self.assertEqual(len([k for k in self.redis.data if k.startswith(b"mxpolicyd:d:")]), 5)
 
     def test_lease(self) -> None:
@@ -454,6 +584,33 @@ class RedisStoreTests(SynchronousTestCase):
         log = self.a.log()
         self.assertTrue(any("bad.test" in line for line in log))
         self.assertIn("Skipped 1 unreadable domain states in Redis at tcp:127.0.0.1:6390", log)
+
+    def test_scan_reads_few_keys_at_a_time(self) -> None:
+        """scan() asks MGET for at most MGET_KEYS keys at a time: a reply may hold only so many bytes."""
+        for i in range(40):
+            self.store.put("d%02d.test" % i, DomainState(), used_at=START)
+        self.flush()
+        rows = []
+        for d in self.store.scan(batch=100):
+            self.redis.pump()
+            rows += self.successResultOf(d)
+        self.assertEqual(len(rows), 40)
+        sizes = [len(c) - 1 for c in self.redis.commands if c[0] == b"MGET"]
+        self.assertEqual(sizes, [MGET_KEYS, MGET_KEYS, 40 - 2 * MGET_KEYS])
+
+    def test_oversized_state_not_written(self) -> None:
+        """A state larger than a reply may hold is kept in memory only, with a warning: no daemon could read it."""
+        hosts = tuple(HostEvidence("mx%d.big.test" % i, 10, HostState.USABLE,
+                                   tlsa=(Tlsa(3, 0, 0, "ab" * 20000),)) for i in range(32))
+        big = DomainState(dane=DaneState(DaneStatus.DANE_ONLY, "x", True, hosts=hosts))
+        self.store.put("big.test", big, used_at=START)
+        self.store.put("a.test", DomainState(), used_at=START)
+        self.flush()
+        self.assertEqual(self.store.unwritten, 0)
+        self.assertIsNone(self.stored("big.test"))
+        self.assertIsNotNone(self.stored("a.test"))
+        self.assertTrue(any("Not storing the state of big.test" in line
+                            for line in self.a.log(LogLevel.warn)))
 
     def test_scan_waits_for_connection(self) -> None:
         """A scan started before the connection is up waits for it."""
@@ -551,6 +708,27 @@ class MakeStoreTests(SynchronousTestCase):
         self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 6390))
         stop()
         store.close()
+
+    def test_redis_backend_merges(self) -> None:
+        """The Redis store make_store builds merges each write over the fleet's stored state."""
+        reactor = MemoryReactorClock()
+        reactor.advance(START)
+        redis = FakeRedis(reactor)
+        config = parse({"store": {"backend": "redis", "redis": "tcp:127.0.0.1:6390"}})
+        store, stop = make_store(config, reactor)
+        self.addCleanup(stop)
+        self.addCleanup(store.close)
+        redis.accept()
+        store.put("a.test", enforced(START + DAY), used_at=START)
+        d = store.flush()
+        redis.pump()
+        self.successResultOf(d)
+        store.put("a.test", DomainState(sts=StsState(checked_at=START)), used_at=START)
+        d = store.flush()
+        redis.pump()
+        self.successResultOf(d)
+        value = json.loads(redis.live(b"mxpolicyd:d:a.test") or b"null")
+        self.assertEqual(DomainState.from_json(value["state"]).sts.policy, ENFORCE)
 
     def test_sqlite_backend(self) -> None:
         """The default backend is the SQLite file in the state directory."""

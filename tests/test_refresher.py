@@ -258,8 +258,9 @@ class RefresherTests(SynchronousTestCase):
         """When another daemon holds the lease, its newer stored result is adopted."""
         self.warm({"a.test": (100, 0)})
         self.store.held.add("a.test")
-        newer = state(START + 100, START + 5000,
-                      policy=StsPolicy("enforce", 86400, ("mx.test",)), expires=START + 86400)
+        newer = state(START + 100, START + 3000,
+                      policy=StsPolicy("enforce", 86400, ("mx.test",)), expires=START + 86500)
+        newer = replace(newer, sts=replace(newer.sts, fetched_at=START + 100))
         self.store.rows["a.test"] = (newer, START)
         self.clock.advance(100)
         self.assertEqual(self.evaluated(), [])

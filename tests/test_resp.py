@@ -15,6 +15,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.net.redis import (
+    MAX_BULK,
+    MAX_DEPTH,
+    MAX_ELEMENTS,
+    MAX_REPLY,
+    MGET_KEYS,
     RedisClient,
     RedisError,
     RedisProtocol,
@@ -105,6 +110,94 @@ class ReplyParserTests(SynchronousTestCase):
     def test_endless_line(self) -> None:
         """A line with no CRLF after 64 KiB is a protocol error, not unbounded buffering."""
         self.assertRaises(RedisProtocolError, ReplyParser().feed, b"+" + b"a" * 70000)
+
+
+class ReplyBoundsTests(SynchronousTestCase):
+    """What one reply may make the daemon hold (issue #14)."""
+
+    def test_absurd_bulk_length(self) -> None:
+        """A $999999999999 header fails at once, with nothing buffered for its body."""
+        parser = ReplyParser()
+        with self.assertRaises(RedisProtocolError) as caught:
+            parser.feed(b"$999999999999\r\n")
+        self.assertIn("over the limit of %d" % MAX_BULK, str(caught.exception))
+        self.assertEqual(len(parser._buffer), 0)
+
+    def test_bulk_at_the_limit(self) -> None:
+        """A bulk string of MAX_BULK bytes is read; one byte more is refused."""
+        value = b"x" * MAX_BULK
+        self.assertEqual(ReplyParser().feed(b"$%d\r\n%s\r\n" % (MAX_BULK, value)), [value])
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"$%d\r\n" % (MAX_BULK + 1))
+
+    def test_deep_nesting(self) -> None:
+        """Arrays nest MAX_DEPTH deep and no deeper: the next level fails, whatever follows."""
+        self.assertEqual(ReplyParser().feed(b"*1\r\n" * (MAX_DEPTH - 1) + b"*0\r\n"),
+                         [[[[[]]]]])
+        parser = ReplyParser()
+        with self.assertRaises(RedisProtocolError) as caught:
+            parser.feed(b"*1\r\n" * MAX_DEPTH + b"*1\r\n")
+        self.assertIn("nested deeper than %d" % MAX_DEPTH, str(caught.exception))
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"*1\r\n" * 2_000_000)
+        # An empty or null array is a level too.
+        for last in (b"*0\r\n", b"*-1\r\n"):
+            self.assertRaises(RedisProtocolError, ReplyParser().feed, b"*1\r\n" * MAX_DEPTH + last)
+
+    def test_deep_nesting_in_pieces(self) -> None:
+        """Nesting sent a level per segment fails at the level past the cap."""
+        parser = ReplyParser()
+        for _ in range(MAX_DEPTH):
+            self.assertEqual(parser.feed(b"*1\r\n"), [])
+        self.assertRaises(RedisProtocolError, parser.feed, b"*1\r\n")
+
+    def test_element_count(self) -> None:
+        """One reply announces at most MAX_ELEMENTS array elements, nested ones counted."""
+        self.assertRaises(RedisProtocolError, ReplyParser().feed, b"*%d\r\n" % (MAX_ELEMENTS + 1))
+        parser = ReplyParser(max_elements=10)
+        self.assertEqual(parser.feed(b"*2\r\n*4\r\n:1\r\n:2\r\n:3\r\n:4\r\n"), [])
+        self.assertRaises(RedisProtocolError, parser.feed, b"*5\r\n")
+        parser = ReplyParser(max_elements=10)
+        self.assertEqual(parser.feed(b"*10\r\n" + b":1\r\n" * 10 + b"*10\r\n" + b":2\r\n" * 10),
+                         [[1] * 10, [2] * 10])
+
+    def test_reply_size(self) -> None:
+        """The bytes of one reply are bounded, each reply on its own."""
+        parser = ReplyParser(max_bulk=10, max_reply=40)
+        part = b"$10\r\n0123456789\r\n"
+        self.assertEqual(parser.feed(b"*2\r\n" + part * 2 + b"*2\r\n" + part * 2),
+                         [[b"0123456789"] * 2] * 2)
+        self.assertRaises(RedisProtocolError, parser.feed, b"*3\r\n" + part * 2 + b"$10\r\n")
+        self.assertEqual(MAX_REPLY, 2 * MGET_KEYS * MAX_BULK)
+
+    def test_only_minus_one_is_null(self) -> None:
+        """$-1 and *-1 are nulls; $-2, *-2 and other lengths Redis never writes are errors."""
+        self.assertEqual(ReplyParser().feed(b"$-1\r\n*-1\r\n"), [None, None])
+        for line in [b"$-2", b"*-2", b"$-0", b"$+1", b"$ 1", b"$1_0", b"$", b"*" + b"9" * 21,
+                     b":1_0", b": 1", b":" + b"9" * 21, b":--1", b":"]:
+            self.assertRaises(RedisProtocolError, ReplyParser().feed, line + b"\r\n")
+
+    def test_error_is_final(self) -> None:
+        """After a protocol error the parser refuses everything, valid replies too."""
+        parser = ReplyParser()
+        self.assertRaises(RedisProtocolError, parser.feed, b"$-2\r\n")
+        self.assertRaises(RedisProtocolError, parser.feed, b"+OK\r\n")
+
+    def test_protocol_error_logged(self) -> None:
+        """An absurd length fails what waits, aborts the connection and says so."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        protocol = RedisProtocol(Clock(), address="Redis at tcp:127.0.0.1:6390")
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        d = protocol.execute("GET", "k")
+        protocol.dataReceived(b"$999999999999\r\n" + b"x" * 1000)
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            [formatEvent(e) for e in events if e["log_level"] == LogLevel.error],
+            ["Protocol error from Redis at tcp:127.0.0.1:6390: bulk string of 999999999999 "
+             "bytes, over the limit of 1048576; dropping the connection and reconnecting"])
 
 
 class EncodeTests(SynchronousTestCase):

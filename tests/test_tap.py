@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxpolicyd.config.load import parse
-from mxpolicyd.tap import build_evaluator, leave_root, restrict_umask
+from mxpolicyd.tap import build_evaluator, leave_root, make_store, redis_exposure, restrict_umask
 
 
 class BuildEvaluatorTests(SynchronousTestCase):
@@ -267,3 +267,48 @@ class UmaskTests(SynchronousTestCase):
         self.assertEqual(os.umask(0o077), 0o027)
         restrict_umask()
         self.assertEqual(os.umask(0), 0o077)
+
+
+class RedisExposureTests(SynchronousTestCase):
+    """The start-up warnings about the fleet store's Redis (issue #14)."""
+
+    def exposure(self, redis: str, password: str | None = "secret") -> list[str]:
+        store: dict[str, Any] = {"backend": "redis", "redis": redis}
+        if password is not None:
+            store["redis_password"] = password
+        return redis_exposure(parse({"store": store}, "t.toml", {"HOME": "/h"}))
+
+    def test_quiet(self) -> None:
+        """A password and a loopback or unix endpoint give no warning."""
+        for redis in ["tcp:127.0.0.1:6379", "tcp:host=127.0.0.2:port=6379", "tcp:localhost:6379",
+                      "tcp:\\:\\:1:6379", "unix:/run/redis/redis-server.sock"]:
+            self.assertEqual(self.exposure(redis), [], redis)
+
+    def test_beyond_loopback(self) -> None:
+        """A TCP host that is not known to be loopback is named; over TCP, in clear text."""
+        for redis in ["tcp:10.0.0.5:6379", "tcp:host=redis.example:port=6379",
+                      "tcp:\\:\\:ffff\\:10.0.0.5:6379"]:
+            warnings = self.exposure(redis)
+            self.assertEqual(len(warnings), 1, redis)
+            self.assertIn("is not on loopback", warnings[0])
+            self.assertIn("clear text", warnings[0])
+
+    def test_no_password(self) -> None:
+        """No store.redis_password is a warning wherever Redis is, the key named."""
+        warnings = self.exposure("unix:/run/redis/redis-server.sock", None)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("store.redis_password is not set", warnings[0])
+        self.assertEqual(len(self.exposure("tcp:10.0.0.5:6379", None)), 2)
+
+    def test_logged_at_start(self) -> None:
+        """make_store logs them as warnings when the backend is Redis."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            store, _ = make_store(parse({"store": {"backend": "redis", "redis": "tcp:10.0.0.5:6379"}},
+                                        "t.toml", {"HOME": "/h"}), MemoryReactorClock())
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        store.close()
+        warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 2, warnings)

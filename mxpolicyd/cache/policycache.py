@@ -63,6 +63,10 @@ class CacheSettings:
     # How long this daemon holds a domain while it re-evaluates it for a
     # fleet sharing the store.
     lease: float = 60.0
+    # The longest this daemon waits between checks of a domain's evidence
+    # (mta_sts.txt_ttl_max, mta_sts.retry_interval, dane.ttl_max): a fleet
+    # peer's state never schedules a check later than this from now.
+    horizon: float = 3600.0
 
 
 def _no_policy_yet(domain: str) -> Verdict:
@@ -107,10 +111,11 @@ class PolicyCache:
         self._fleet: Fleet | None = None
         self._leasing: set[str] = set()
         if store is not None:
-            self._loader = StoreLoader(clock, store, self._entries, self._insert, cooperator)
             self._fleet = Fleet(clock, store, settings.lease, self._entries.by_domain,
-                                self._evaluate, self._apply, self._settled)
+                                self._evaluate, self._apply, self._settled, settings.horizon)
             self._leasing = self._fleet.leasing
+            insert = self._insert_shared if store.shared else self._insert
+            self._loader = StoreLoader(clock, store, self._entries, insert, cooperator)
         # Read by the lookup path (current, revalidate) without going
         # through the parts: the table, the domains under evaluation, and
         # whether the queue for a slot is full.
@@ -354,7 +359,7 @@ class PolicyCache:
             return None
         self._apply(entry, state)
         if self._store is not None:
-            self._store.put(domain, entry.state, entry.used_at)
+            self._store.put(domain, entry.state, entry.used_at, acknowledged=True)
         return entry
 
     def _insert(self, domain: str, state: DomainState, now: float, used_at: float) -> Entry:
@@ -364,6 +369,12 @@ class PolicyCache:
         self._settled(entry)
         self._entries.track(entry, now)
         return entry
+
+    def _insert_shared(self, domain: str, state: DomainState, now: float,
+                       used_at: float) -> Entry:
+        """A domain read from a store that other daemons write: their word, merged."""
+        assert self._fleet is not None
+        return self._insert(domain, self._fleet.stored(state), now, min(used_at, now))
 
     def _apply(self, entry: Entry, state: DomainState, fresh: bool = False) -> None:
         now = self._clock.seconds()

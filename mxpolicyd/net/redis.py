@@ -41,6 +41,23 @@ Argument = bytes | str | int | float
 
 T = TypeVar("T")
 
+# What one reply may make the daemon hold (DESIGN: every peer may be
+# hostile, Redis and whoever sits between it and the daemon too).  The
+# largest value the store writes is one domain's state, a few KiB (a 64 KiB
+# MTA-STS policy and 32 MX hosts' TLSA records at the very most, which the
+# store refuses to write beyond MAX_BULK); a 1 MiB bulk string leaves room
+# for that and is still nothing to the daemon's memory.
+MAX_BULK = 1024 * 1024
+# Arrays within arrays: the store's deepest reply is SCAN's, depth 2
+# ([cursor, [keys]]); 4 leaves room for a transaction's or script's reply.
+MAX_DEPTH = 4
+# Array elements in one reply, nested ones included: SCAN ... COUNT 2000
+# and MGET of its keys answer a few thousand.
+MAX_ELEMENTS = 65536
+# Bytes in one reply: 16 values of the largest size (the store asks MGET for
+# at most MGET_KEYS keys at a time) and twice that for headroom.
+MGET_KEYS = 16
+MAX_REPLY = 2 * MGET_KEYS * MAX_BULK
 # Longest line (simple string, error, length) accepted without its CRLF.
 _MAX_LINE = 64 * 1024
 
@@ -57,7 +74,7 @@ class RedisUnavailable(Exception):
 
 
 class RedisProtocolError(ValueError):
-    """The bytes from the server are not RESP2."""
+    """The bytes from the server are not RESP2, or a reply is beyond a bound."""
 
 
 def encode(args: Sequence[Argument]) -> bytes:
@@ -84,17 +101,49 @@ class ReplyParser:
     integers as C{int}, bulk strings as C{bytes}, nulls as C{None}, arrays
     as lists (nested ones too).  A partial reply is kept with its parsing
     state, so a large array that arrives in many segments is read once.
+
+    What a reply may hold is bounded (L{MAX_BULK}, L{MAX_DEPTH},
+    L{MAX_ELEMENTS}, L{MAX_REPLY}) and checked as each length arrives,
+    before anything is buffered for it: a reply beyond a bound raises
+    L{RedisProtocolError}, as does anything that is not RESP2 (a length of
+    -1 is the only null).  The stream cannot be trusted after that: every
+    later C{feed} raises the same error.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_bulk: int = MAX_BULK,
+        max_depth: int = MAX_DEPTH,
+        max_elements: int = MAX_ELEMENTS,
+        max_reply: int = MAX_REPLY,
+    ) -> None:
+        self._max_bulk = max_bulk
+        self._max_depth = max_depth
+        self._max_elements = max_elements
+        self._max_reply = max_reply
         self._buffer = bytearray()
         # Arrays being filled: (expected length, items so far).
         self._arrays: list[tuple[int, list[Any]]] = []
         # The length of the bulk string whose body is awaited.
         self._bulk: int | None = None
+        # Of the reply being read: array elements announced, and bytes.
+        self._elements = 0
+        self._bytes = 0
+        self._failed: RedisProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Any]:
         """The replies that C{data} completes; raises L{RedisProtocolError}."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._feed(data)
+        except RedisProtocolError as e:
+            self._failed = e
+            self._buffer = bytearray()
+            self._arrays = []
+            raise
+
+    def _feed(self, data: bytes) -> list[Any]:
         buffer = self._buffer
         buffer += data
         replies: list[Any] = []
@@ -118,22 +167,35 @@ class ReplyParser:
                     break
                 kind = buffer[position : position + 1]
                 line = bytes(buffer[position + 1 : eol])
+                self._count(eol + 2 - position)
                 position = eol + 2
                 if kind == b"+":
                     value = line.decode("utf-8", "replace")
                 elif kind == b"-":
                     value = RedisError(line.decode("utf-8", "replace"))
                 elif kind == b":":
-                    value = _number(line)
+                    value = _integer(line)
                 elif kind == b"$":
-                    length = _number(line)
+                    length = _length(line, "a bulk string")
                     if length >= 0:
+                        if length > self._max_bulk:
+                            raise RedisProtocolError(
+                                "bulk string of %d bytes, over the limit of %d"
+                                % (length, self._max_bulk))
+                        self._count(length + 2)
                         self._bulk = length
                         continue
                     value = None
                 elif kind == b"*":
-                    length = _number(line)
+                    length = _length(line, "an array")
+                    if len(self._arrays) >= self._max_depth:
+                        raise RedisProtocolError(
+                            "arrays nested deeper than %d" % self._max_depth)
                     if length > 0:
+                        self._elements += length
+                        if self._elements > self._max_elements:
+                            raise RedisProtocolError(
+                                "reply of more than %d array elements" % self._max_elements)
                         self._arrays.append((length, []))
                         continue
                     value = [] if length == 0 else None
@@ -152,15 +214,34 @@ class ReplyParser:
                 value = items
             if complete:
                 replies.append(value)
+                self._elements = self._bytes = 0
         del buffer[:position]
         return replies
 
+    def _count(self, size: int) -> None:
+        """Add C{size} bytes to the reply being read, within its bound."""
+        self._bytes += size
+        if self._bytes > self._max_reply:
+            raise RedisProtocolError("reply longer than %d bytes" % self._max_reply)
 
-def _number(line: bytes) -> int:
-    try:
-        return int(line)
-    except ValueError:
-        raise RedisProtocolError("%r is not a number" % (line,)) from None
+
+# Integers and lengths as Redis writes them: an optional minus and digits,
+# at most 20 characters (int() would also take spaces, "+", "_", and
+# thousands of digits).
+def _integer(line: bytes) -> int:
+    digits = line[1:] if line[:1] == b"-" else line
+    if not digits.isdigit() or len(line) > 20:
+        raise RedisProtocolError("%r is not an integer" % (line[:40],))
+    return int(line)
+
+
+def _length(line: bytes, what: str) -> int:
+    """The length of C{what}: -1 (null) or a count; no other negative."""
+    if line == b"-1":
+        return -1
+    if not line.isdigit() or len(line) > 20:
+        raise RedisProtocolError("%r is not the length of %s" % (line[:40], what))
+    return int(line)
 
 
 class RedisProtocol(Protocol):
@@ -246,13 +327,15 @@ class RedisProtocol(Protocol):
         return self
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closed is not None:
+            return  # aborted: what was still in flight is not read
         self._progress = self._clock.seconds()
         try:
             replies = self._parser.feed(data)
         except RedisProtocolError as e:
             self._log.error(
-                "{address} sent something that is not RESP2 ({error}); dropping "
-                "the connection",
+                "Protocol error from {address}: {error}; dropping the connection "
+                "and reconnecting",
                 address=self.address,
                 error=str(e),
             )

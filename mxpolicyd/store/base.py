@@ -4,7 +4,7 @@ What the cache and the refresher need of a durable store, whichever it is.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -26,11 +26,25 @@ class Store(Protocol):
     def get(self, domain: str) -> Deferred[Stored | None]:
         """One domain, or None; fails if the store cannot be reached."""
 
-    def put(self, domain: str, state: DomainState, used_at: float) -> None:
-        """Record a domain's new state; written behind, never blocking."""
+    def put(self, domain: str, state: DomainState, used_at: float,
+            acknowledged: bool = False) -> None:
+        """
+        Record a domain's new state; written behind, never blocking.
+        C{acknowledged}: an administrator accepted its verdict (cache ack),
+        so its downgrade memory replaces a stronger one that a shared store
+        may hold.
+        """
 
     def delete(self, domain: str) -> None:
         """Forget a domain; written behind."""
+
+    def on_merged(self, listener: Callable[[str, DomainState], None]) -> None:
+        """
+        Call C{listener(domain, state)} when a write found more in the
+        store than it brought (another daemon's policy, DANE result or
+        memory) and stored the merge, C{state}: a shared store's news for
+        the cache.
+        """
 
     def lease(self, domain: str, seconds: float) -> Deferred[bool]:
         """

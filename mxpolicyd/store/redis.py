@@ -13,6 +13,12 @@ path: puts are batched and flushed by a timer (L{WriteBehind}); when Redis
 is away the batch stays in memory, the daemon keeps answering from its cache
 and refreshing on its own, and the batch is written as soon as the
 connection is back.
+
+A write never replaces what the fleet stored: each state is merged over the
+stored one by an injected rule (L{mxpolicyd.policy.merge.written}) and set
+with a compare-and-set script, retried with the newer value when another
+daemon wrote in between; a write that found more in the store tells the
+cache (L{RedisStore.on_merged}).
 """
 
 from __future__ import annotations
@@ -22,21 +28,64 @@ import math
 import os
 import secrets
 import socket
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, cast
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    fail,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mxpolicyd.evidence.state import DomainState
-from mxpolicyd.net.redis import RedisClient, RedisError, RedisUnavailable
+from mxpolicyd.net.redis import (
+    MAX_BULK,
+    MGET_KEYS,
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+)
 from mxpolicyd.ops.outage import Outage
 from mxpolicyd.store.base import Stored
 from mxpolicyd.store.writebehind import Batch, WriteBehind
 
-# What is written of a domain: its state and when it was last used.
-_Write = tuple[DomainState, float]
+# What is written of a domain: its state, when it was last used, and
+# whether an administrator acknowledged it.
+_Write = tuple[DomainState, float, bool]
+
+# The state to write over a stored one: merge(ours, stored, now,
+# acknowledged).
+Merge = Callable[[DomainState, DomainState, float, bool], DomainState]
+
+# Compare-and-set, run by Redis in one step: set the key to ARGV[2] with a
+# TTL of ARGV[3] ms if it still holds ARGV[1] ("" for no key); otherwise
+# answer what it holds now.  A script rather than WATCH/MULTI/EXEC: those
+# belong to a connection, and every command of the daemon is pipelined
+# over one, leases and reads included.
+CAS = """\
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then
+  return current
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# Tries of one write against other daemons' writes, per flush.
+_ATTEMPTS = 3
+
+
+def _as_is(ours: DomainState, stored: DomainState, now: float,
+           acknowledged: bool) -> DomainState:
+    return ours
+
+
+class _Contended(RedisUnavailable):
+    """Other daemons kept writing a domain's key: its write waits for the next flush."""
 
 
 def daemon_id() -> str:
@@ -62,6 +111,14 @@ def ttl(state: DomainState, now: float, window: float, memory: float = 0.0) -> f
 
 def _milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _first_error(failure: Failure) -> Failure:
+    """What failed in a gatherResults: the command's own failure."""
+    error = failure.value
+    if isinstance(error, FirstError):
+        return cast(Failure, error.subFailure)
+    return failure
 
 
 def _glob_escape(text: str) -> str:
@@ -93,6 +150,7 @@ class RedisStore:
         owner: str | None = None,
         chunk: int = 1000,
         memory: float = 0.0,
+        merge: Merge = _as_is,
     ) -> None:
         """
         @param window: the refresh window: a domain unused for this long
@@ -102,7 +160,11 @@ class RedisStore:
             off): a domain holding it is kept that long too.
         @param owner: this daemon's name in lease keys.
         @param chunk: commands per pipelined round trip when flushing.
+        @param merge: the state to write over a stored one (by default
+            ours as it is: the newest write wins).
         """
+        self._merge = merge
+        self._listeners: list[Callable[[str, DomainState], None]] = []
         self._client = client
         self._clock = clock
         self._window = window
@@ -186,8 +248,15 @@ class RedisStore:
         walk.done = cursor == b"0"
         if not keys:
             return []
-        d = self._client.execute("MGET", *keys)
-        d.addCallback(self._found, keys, walk)
+        # A few keys per MGET, pipelined: one reply may hold only so many
+        # bytes (MAX_REPLY), and MGET_KEYS values of the largest size fit.
+        parts = [keys[i : i + MGET_KEYS] for i in range(0, len(keys), MGET_KEYS)]
+        d = gatherResults(
+            [self._client.execute("MGET", *part) for part in parts], consumeErrors=True
+        )
+        d.addErrback(_first_error)
+        d.addCallback(lambda values: self._found(
+            [v for chunk in values for v in chunk], keys, walk))
         return d
 
     def _found(self, values: list[Any], keys: list[bytes], walk: _Walk) -> list[Stored]:
@@ -285,11 +354,20 @@ class RedisStore:
 
     # -- writing -----------------------------------------------------------
 
-    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
-        self._writes.put(domain, (state, used_at))
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0,
+            acknowledged: bool = False) -> None:
+        if not acknowledged and domain in self._writes:
+            # An acknowledgement not yet written stays one: the state put
+            # after it carries the memory the administrator accepted.
+            pending = self._writes[domain]
+            acknowledged = pending is not None and pending[2]
+        self._writes.put(domain, (state, used_at, acknowledged))
 
     def delete(self, domain: str) -> None:
         self._writes.delete(domain)
+
+    def on_merged(self, listener: Callable[[str, DomainState], None]) -> None:
+        self._listeners.append(listener)
 
     @property
     def unwritten(self) -> int:
@@ -311,35 +389,65 @@ class RedisStore:
 
     async def _pipeline(self, batch: Batch[_Write]) -> None:
         """
-        Send the batch a chunk per round trip; each chunk confirmed leaves
-        the batch, so that a failure keeps only what was not written.
+        Send the batch a chunk per round trip (a state's read, then its
+        compare-and-set); what is confirmed leaves the batch, so that a
+        failure keeps only what was not written.
         """
         items = list(batch.items())
-        now = self._clock.seconds()
         for start in range(0, len(items), self._chunk):
             part = items[start : start + self._chunk]
             results = await DeferredList(
-                [self._command(domain, write, now) for domain, write in part],
+                [Deferred.fromCoroutine(self._command(domain, write)) for domain, write in part],
                 consumeErrors=True,
             )
-            for ok, result in results:
-                if not ok:
-                    result.raiseException()
-            for domain, _ in part:
-                del batch[domain]
+            failed = None
+            for (domain, _), (ok, result) in zip(part, results):
+                if ok:
+                    del batch[domain]
+                elif failed is None:
+                    failed = result
+            if failed is not None:
+                failed.raiseException()
 
-    def _command(self, domain: str, write: _Write | None, now: float) -> Deferred[Any]:
+    async def _command(self, domain: str, write: _Write | None) -> None:
+        key = self._key(domain)
         if write is None:
-            return self._client.execute("DEL", self._key(domain))
-        state, used = write
-        try:
-            text = json.dumps(
-                {"state": state.to_json(), "used": used}, separators=(",", ":")
-            )
-        except (TypeError, ValueError):
-            return fail()
-        keep = _milliseconds(ttl(state, now, self._window, self._memory))
-        return self._client.execute("SET", self._key(domain), text, "PX", keep)
+            await self._client.execute("DEL", key)
+            return
+        state, used, acknowledged = write
+        current = await self._client.execute("GET", key)
+        for _ in range(_ATTEMPTS):
+            now = self._clock.seconds()
+            stored = None if not current else self._decode(domain, current, True)
+            merged = state
+            if stored is not None:
+                merged = self._merge(state, stored[1], now, acknowledged)
+                # A far-future "used" of another's would keep the key forever.
+                used = max(used, min(stored[2], now))
+            text = json.dumps({"state": merged.to_json(), "used": used}, separators=(",", ":"))
+            if len(text) > MAX_BULK:  # ASCII: json.dumps escapes the rest
+                # Unreadable for every daemon (the Redis client refuses
+                # replies beyond MAX_BULK): kept in this daemon's memory only.
+                self._log.warn(
+                    "Not storing the state of {domain} in {address}: {size} bytes, over "
+                    "the {limit} a reply may hold; this daemon keeps it in memory and "
+                    "the others evaluate the domain themselves",
+                    domain=domain, address=self.path, size=len(text), limit=MAX_BULK,
+                )
+                return
+            keep = _milliseconds(ttl(merged, now, self._window, self._memory))
+            reply = await self._client.execute(
+                "EVAL", CAS, 1, key, current or b"", text, keep)
+            if reply == 1:
+                if merged != state:
+                    for listener in list(self._listeners):
+                        listener(domain, merged)
+                return
+            if not isinstance(reply, bytes):
+                raise RedisError("unexpected compare-and-set reply %r" % (reply,))
+            current = reply  # another daemon wrote meanwhile: merge with that
+        raise _Contended(
+            "the state of %s changed under %d writes by other daemons" % (domain, _ATTEMPTS))
 
     def _written(self, count: int) -> None:
         self._outage.ended(
@@ -349,7 +457,13 @@ class RedisStore:
         )
 
     def _not_written(self, failure: Failure, count: int) -> None:
-        if failure.check(RedisUnavailable, RedisError) is None:
+        if failure.check(_Contended):
+            self._log.info(
+                "Writing to {address} again at the next flush: {error}",
+                address=self.path,
+                error=failure.getErrorMessage(),
+            )
+        elif failure.check(RedisUnavailable, RedisError) is None:
             self._log.failure(
                 "Writing {count} domain states to {address} failed; keeping them "
                 "in memory and retrying",

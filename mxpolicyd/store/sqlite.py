@@ -203,11 +203,15 @@ class SQLiteStore:
         """One daemon owns this file: every refresh is its own."""
         return succeed(True)
 
-    def put(self, domain: str, state: DomainState, used_at: float = 0.0) -> None:
+    def put(self, domain: str, state: DomainState, used_at: float = 0.0,
+            acknowledged: bool = False) -> None:
         self._writes.put(domain, (json.dumps(state.to_json(), separators=(",", ":")), used_at))
 
     def delete(self, domain: str) -> None:
         self._writes.delete(domain)
+
+    def on_merged(self, listener: Callable[[str, DomainState], None]) -> None:
+        """This daemon alone writes the file: nothing to merge, never called."""
 
     @property
     def unwritten(self) -> int:
