@@ -12,6 +12,13 @@ when nothing is buffered, as asyncio's transports do, rather than by
 Twisted's write buffer on the next reactor turn: that saves two epoll
 updates and a reactor dispatch per lookup, about a third of a cached
 lookup's CPU.
+
+Every peer may be hostile, so what one connection can make the daemon hold
+is bounded.  Replies: the protocol is a streaming producer on its own
+transport; while the transport holds more unsent replies than its
+C{bufferSize}, the connection is not read and requests already read are not
+parsed, so a client that pipelines and never reads costs a buffer, not a
+reply per request.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from typing import Callable, Union
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mxpolicyd.protocols.limits import ConnectionLimit
 
@@ -41,8 +49,15 @@ def netstring(payload: bytes) -> bytes:
     return b"%d:%s," % (len(payload), payload)
 
 
+@implementer(IPushProducer)
 class SocketmapProtocol(Protocol):
-    """One Postfix connection: netstring requests in, netstring replies out."""
+    """
+    One Postfix connection: netstring requests in, netstring replies out.
+
+    It is the producer of its replies (L{IPushProducer}): the transport
+    pauses it when its buffer is full and resumes it once the buffer is
+    empty.
+    """
 
     _log = Logger()
 
@@ -56,12 +71,17 @@ class SocketmapProtocol(Protocol):
         self._idle: IDelayedCall | None = None
         self._closing = False
         self._socket: socket.socket | None = None
+        # The plain socket, kept while Twisted's buffer holds replies.
+        self._direct: socket.socket | None = None
         self._processing = False
+        # The transport holds unsent replies beyond its bound: read nothing.
+        self._paused = False
 
     def connectionMade(self) -> None:
         transport = self.transport
         if isinstance(transport, tcp.Connection) and not transport.TLS:
-            self._socket = transport.socket
+            self._socket = self._direct = transport.socket
+        transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._factory.limit.opened()
         self._last = self._factory.clock.seconds()
         self._idle = self._factory.clock.callLater(
@@ -73,20 +93,74 @@ class SocketmapProtocol(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._buffer = b""
         if self._in_flight is not None:
             in_flight, self._in_flight = self._in_flight, None
             in_flight.cancel()
 
+    # IPushProducer: the transport's buffer of replies is full, or empty again.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if not self._closing:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if not self._paused or self._closing:
+            return
+        self._paused = False
+        # Twisted's buffer is empty: replies may go straight to the socket again.
+        self._socket = self._direct
+        self._last = self._seconds()
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._in_flight is None and not self._processing:
+            self._process()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost cleans up."""
+
     def _checkIdle(self) -> None:
         # One timer per idle period, not a reset per request: requests only
         # note the time, which keeps the cached path cheap.
+        if self._closing:
+            # Closed an idle period ago and still not gone: the client
+            # reads none of what is left to send.
+            self._idle = None
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         idle = self._factory.idle_timeout
         left = self._last + idle - self._factory.clock.seconds()
         if self._in_flight is None and left <= 0:
-            self._idle = None
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            if self._paused:
+                # Replies unread for an idle period: they never will be.
+                self._idle = None
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            self._close()
             return
         self._idle = self._factory.clock.callLater(max(left, idle / 10), self._checkIdle)
+
+    def _close(self) -> None:
+        """
+        Close once the replies are sent; if the client has not read them
+        within an idle period, abort (the idle timer does), or one that
+        never reads would keep its connection slot for good.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._buffer = b""
+        transport = self.transport
+        assert transport is not None
+        # A registered producer would keep the connection open after the
+        # buffer drains (FileDescriptor.loseConnection).
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = self._factory.clock.callLater(
+            self._factory.idle_timeout, self._checkIdle
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -95,11 +169,13 @@ class SocketmapProtocol(Protocol):
         if self._buffer:
             data = self._buffer + data
         self._buffer = data
-        if self._in_flight is None:
+        if self._in_flight is None and not self._paused:
             self._process()
-        elif len(data) > self._factory.max_request_size + _MAX_DIGITS + 2:
+        elif len(data) > self._factory.max_request_size + _MAX_DIGITS + 2 and not self._paused:
             # Postfix sends one request at a time; this peer does not.
             self._fatal("too much data sent ahead of the reply")
+        # While paused the transport reads nothing more, so the buffer
+        # holds at most the one read that was under way.
 
     def _process(self) -> None:
         # A lookup answered by an already-fired Deferred calls _answered
@@ -144,7 +220,9 @@ class SocketmapProtocol(Protocol):
             payload = buf[colon + 1 : end]
             self._buffer = buf[end + 1 :]
             self._request(payload)
-            if self._in_flight is not None or self._closing:
+            if self._in_flight is not None or self._closing or self._paused:
+                # Paused: this read's other requests wait for the client to
+                # read the replies, or one read could make megabytes of them.
                 return
             buf = self._buffer
 
@@ -175,7 +253,7 @@ class SocketmapProtocol(Protocol):
         if self._closing:
             return
         self._reply(reply)
-        if not self._processing:
+        if not self._processing and not self._paused:
             self._process()
 
     def _failed(self, failure: Failure, name: bytes, key: bytes) -> None:
@@ -216,10 +294,8 @@ class SocketmapProtocol(Protocol):
             peer=peer,
             reason=reason,
         )
-        self._closing = True
-        self._buffer = b""
         self._reply(b"PERM " + reason.encode("ascii"))
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
 
 
 class SocketmapFactory(Factory):
