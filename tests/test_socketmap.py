@@ -240,13 +240,107 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertEqual(self.factory.limit.refusals.total, 6)
 
 
+class RequestDeadlineTests(SynchronousTestCase):
+    """A request must be complete within request_timeout of its first byte; idle time is apart."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.lookups = Lookups()
+        self.factory = SocketmapFactory(
+            self.lookups, self.clock, idle_timeout=10, request_timeout=3,
+        )
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        self.proto = proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_default(self) -> None:
+        """Ten seconds unless told otherwise."""
+        self.assertEqual(SocketmapFactory(self.lookups, self.clock).request_timeout, 10.0)
+
+    def test_slow_drip_cut_off(self) -> None:
+        """One byte a second does not hold the connection past the deadline: PERM, then a close."""
+        for byte in b"20:postfix exam":
+            if self.transport.disconnecting:
+                break
+            self.proto.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.assertEqual(self.transport.value(),
+                         netstring(b"PERM no complete request within 3 s"))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.clock.seconds(), 3)
+        self.assertEqual(self.lookups.calls, [])
+
+    def test_deadline_counts_from_first_byte(self) -> None:
+        """Bytes after the first do not postpone the deadline."""
+        self.proto.dataReceived(b"20:")
+        self.clock.advance(2.5)
+        self.proto.dataReceived(b"postfix")
+        self.clock.advance(0.4)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIn(b"PERM no complete request", self.transport.value())
+
+    def test_complete_request_in_time(self) -> None:
+        """A request completed before its deadline is answered and the connection stays open."""
+        self.proto.dataReceived(b"9:postfix")
+        self.clock.advance(2.9)
+        self.proto.dataReceived(b" a,")
+        self.clock.advance(2)
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_each_request_its_own_deadline(self) -> None:
+        """The next request's deadline starts with its own first byte, even in the same read."""
+        self.proto.dataReceived(b"9:postfix")
+        self.clock.advance(2)
+        self.proto.dataReceived(b" a,9:post")
+        self.clock.advance(2.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(),
+                         b"9:NOTFOUND ," + netstring(b"PERM no complete request within 3 s"))
+
+    def test_idle_between_requests_unchanged(self) -> None:
+        """Between requests only idle_timeout applies, and it closes without a reply."""
+        self.proto.dataReceived(b"9:postfix a,")
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,")
+
+    def test_pending_lookup_has_no_deadline(self) -> None:
+        """Data sent ahead while a lookup runs is not timed until the reply is written."""
+        pending: Deferred[bytes] = Deferred()
+        self.lookups.answers[b"a"] = pending
+        self.proto.dataReceived(b"9:postfix a,9:post")
+        self.clock.advance(4)
+        self.assertFalse(self.transport.disconnecting)
+        pending.callback(b"NOTFOUND ")
+        self.clock.advance(2.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertIn(b"PERM no complete request", self.transport.value())
+
+    def test_no_timers_after_close(self) -> None:
+        """A connection lost mid-request leaves no timer behind."""
+        self.proto.dataReceived(b"9:post")
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class PauseTests(SynchronousTestCase):
     """The protocol as its transport's streaming producer: no reading or parsing while paused."""
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.lookups = Lookups()
-        self.factory = SocketmapFactory(self.lookups, self.clock, idle_timeout=5)
+        self.factory = SocketmapFactory(self.lookups, self.clock, idle_timeout=5,
+                                        request_timeout=3)
         proto = self.factory.buildProtocol(ADDR)
         assert proto is not None
         self.proto = proto
@@ -305,6 +399,16 @@ class PauseTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.proto.resumeProducing()
         self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 100)
+
+    def test_paused_has_no_request_deadline(self) -> None:
+        """A request cut short by a pause is timed again only once the client reads."""
+        self.proto.dataReceived(b"9:post")
+        self.proto.pauseProducing()
+        self.clock.advance(4)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.resumeProducing()
+        self.clock.advance(3)
+        self.assertIn(b"PERM no complete request", self.transport.value())
 
     def test_unread_replies_aborted_when_idle(self) -> None:
         """A client that reads none of its replies for an idle period is cut off at once."""

@@ -18,7 +18,10 @@ is bounded.  Replies: the protocol is a streaming producer on its own
 transport; while the transport holds more unsent replies than its
 C{bufferSize}, the connection is not read and requests already read are not
 parsed, so a client that pipelines and never reads costs a buffer, not a
-reply per request.
+reply per request.  Time: a request must be complete within
+C{request_timeout} of its first byte, so a client dripping one byte at a
+time cannot hold a connection slot; it gets C{PERM} and a close, after which
+Postfix reconnects.  Between requests C{idle_timeout} applies.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class SocketmapProtocol(Protocol):
         self._processing = False
         # The transport holds unsent replies beyond its bound: read nothing.
         self._paused = False
+        # The deadline of a request begun and not yet complete.
+        self._deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -93,6 +98,7 @@ class SocketmapProtocol(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._stopDeadline()
         self._buffer = b""
         if self._in_flight is not None:
             in_flight, self._in_flight = self._in_flight, None
@@ -102,6 +108,8 @@ class SocketmapProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        # Waiting on our own replies is not the client's slowness.
+        self._stopDeadline()
         if not self._closing:
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
@@ -150,6 +158,7 @@ class SocketmapProtocol(Protocol):
             return
         self._closing = True
         self._buffer = b""
+        self._stopDeadline()
         transport = self.transport
         assert transport is not None
         # A registered producer would keep the connection open after the
@@ -161,6 +170,25 @@ class SocketmapProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._checkIdle
         )
+
+    def _startDeadline(self) -> None:
+        # Only for a request left incomplete by a read: Postfix sends each
+        # request whole, so the cached path never gets here.
+        if self._deadline is None:
+            self._deadline = self._factory.clock.callLater(
+                self._factory.request_timeout, self._expired
+            )
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self._closing:
+            self._fatal("no complete request within %g s" % self._factory.request_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -195,6 +223,8 @@ class SocketmapProtocol(Protocol):
             if colon < 0:
                 if len(buf) > _MAX_DIGITS or not buf.isdigit():
                     self._fatal("malformed netstring length")
+                    return
+                self._startDeadline()
                 return
             digits = buf[:colon]
             # bytes.isdigit() is true for ASCII digits only.
@@ -213,12 +243,15 @@ class SocketmapProtocol(Protocol):
                 return
             end = colon + 1 + size
             if len(buf) <= end:
+                self._startDeadline()
                 return
             if buf[end] != 0x2C:  # ","
                 self._fatal("malformed netstring (no comma after the data)")
                 return
             payload = buf[colon + 1 : end]
             self._buffer = buf[end + 1 :]
+            if self._deadline is not None:
+                self._stopDeadline()
             self._request(payload)
             if self._in_flight is not None or self._closing or self._paused:
                 # Paused: this read's other requests wait for the client to
@@ -311,11 +344,13 @@ class SocketmapFactory(Factory):
         max_request_size: int = 10000,
         idle_timeout: float = 60.0,
         max_connections: int = 1000,
+        request_timeout: float = 10.0,
     ) -> None:
         self.lookup = lookup
         self.clock = clock
         self.max_request_size = max_request_size
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self.limit = ConnectionLimit(max_connections, clock, self._log, "socketmap",
                                      "socketmap.max_connections")
 
