@@ -348,9 +348,10 @@ class PauseTests(SynchronousTestCase):
         self.proto.makeConnection(self.transport)
 
     def test_registered(self) -> None:
-        """The protocol registers itself as a streaming producer on its transport."""
+        """The protocol registers itself as a streaming producer on its transport, paused beyond 16 KiB."""
         self.assertIs(self.transport.producer, self.proto)
         self.assertTrue(self.transport.streaming)
+        self.assertEqual(self.transport.bufferSize, 16 * 1024)  # type: ignore[attr-defined]
 
     def test_pause_stops_parsing(self) -> None:
         """Requests already read wait while paused and are answered, in order, on resume."""
@@ -417,6 +418,32 @@ class PauseTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertTrue(self.transport.disconnected)  # abortConnection
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_turns(self) -> None:
+        """Pipelined requests are answered a hundred per reactor turn, without reading meanwhile."""
+        self.proto.dataReceived(b"9:postfix a," * 250)
+        self.assertEqual(len(self.lookups.calls), 100)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [0, 5])
+        # Clock runs the turns queued meanwhile too; a reactor polls between them.
+        self.clock.advance(0)
+        self.assertEqual(len(self.lookups.calls), 250)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 250)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the idle timer
+
+    def test_one_turn_is_enough(self) -> None:
+        """A hundred requests or fewer, and partial ones after them, take no extra turn."""
+        self.proto.dataReceived(b"9:postfix a," * 100)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_lost_between_turns(self) -> None:
+        """A connection lost between turns leaves no timer and answers nothing more."""
+        self.proto.dataReceived(b"9:postfix a," * 250)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.lookups.calls), 100)
 
     def test_close_unregisters(self) -> None:
         """Closing unregisters the producer, or the transport would never finish closing."""
@@ -524,7 +551,8 @@ class BackPressureTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.lookups = Lookups()
         self.lookups.answers[b"a"] = self.REPLY
-        self.factory = SocketmapFactory(self.lookups, Clock())
+        self.clock = Clock()
+        self.factory = SocketmapFactory(self.lookups, self.clock)
         self.reactor = MemoryReactor()
         ours, self.peer = socket.socketpair()
         self.addCleanup(ours.close)
@@ -567,6 +595,7 @@ class BackPressureTests(SynchronousTestCase):
             if len(self.lookups.calls) == requests and not self.buffered():
                 break
             self.transport.doWrite()
+            self.clock.advance(0)
         received += self.drain()
         self.assertEqual(received, netstring(self.REPLY) * requests)
         self.assertIn(self.transport, self.reactor.getReaders())
@@ -579,6 +608,7 @@ class BackPressureTests(SynchronousTestCase):
             if len(self.lookups.calls) == 100 and not self.buffered():
                 break
             self.transport.doWrite()
+            self.clock.advance(0)
         self.drain()
         # Now every reply goes through Twisted's buffer: exactly enough of
         # them to pause the protocol after the last.
@@ -591,6 +621,7 @@ class BackPressureTests(SynchronousTestCase):
             if not self.buffered():
                 break
             self.transport.doWrite()
+            self.clock.advance(0)
         self.assertFalse(self.proto._paused)
         self.drain()
         self.proto.dataReceived(b"9:postfix b,")

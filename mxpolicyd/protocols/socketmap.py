@@ -18,7 +18,8 @@ is bounded.  Replies: the protocol is a streaming producer on its own
 transport; while the transport holds more unsent replies than its
 C{bufferSize}, the connection is not read and requests already read are not
 parsed, so a client that pipelines and never reads costs a buffer, not a
-reply per request.  Time: a request must be complete within
+reply per request; and pipelined requests are answered a hundred at a time,
+each batch a reactor turn, so that the other connections are served too.  Time: a request must be complete within
 C{request_timeout} of its first byte, so a client dripping one byte at a
 time cannot hold a connection slot; it gets C{PERM} and a close, after which
 Postfix reconnects.  Between requests C{idle_timeout} applies.
@@ -46,6 +47,18 @@ Lookup = Callable[[bytes, bytes], Reply]
 
 # A 100000-byte request has a six-digit length; anything longer is garbage.
 _MAX_DIGITS = 6
+
+# Pipelined requests answered in one go before the other connections get a
+# turn.  Replies go straight to the socket, whose kernel buffer takes
+# megabytes before Twisted's buffer fills and pauses the connection: without
+# turns, one 64 KiB read of requests could keep the reactor for a long while.
+_TURN = 100
+
+# The transport's bufferSize: the most it reads at once, and the unsent
+# replies beyond which it pauses the connection.  Twisted's 64 KiB for each
+# would let max_connections (1000) clients that pipeline and never read
+# hold some 130 MB; Postfix's requests and replies are far smaller.
+_BUFFER = 16 * 1024
 
 
 def netstring(payload: bytes) -> bytes:
@@ -81,11 +94,14 @@ class SocketmapProtocol(Protocol):
         self._paused = False
         # The deadline of a request begun and not yet complete.
         self._deadline: IDelayedCall | None = None
+        # The next turn of a connection with more pipelined requests.
+        self._turn: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport = self.transport
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._socket = self._direct = transport.socket
+        transport.bufferSize = _BUFFER  # type: ignore[union-attr]
         transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._factory.limit.opened()
         self._last = self._factory.clock.seconds()
@@ -99,6 +115,9 @@ class SocketmapProtocol(Protocol):
             self._idle.cancel()
         self._idle = None
         self._stopDeadline()
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
         self._buffer = b""
         if self._in_flight is not None:
             in_flight, self._in_flight = self._in_flight, None
@@ -127,6 +146,23 @@ class SocketmapProtocol(Protocol):
     def stopProducing(self) -> None:
         """The connection is going away; connectionLost cleans up."""
 
+    def _yieldTurn(self) -> None:
+        """Read and answer nothing more until the reactor has served the others."""
+        self._paused = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._turn = self._factory.clock.callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        self._turn = None
+        if self._closing:
+            return
+        # Not resumeProducing: Twisted's buffer may hold replies, so the
+        # socket may not be written directly.
+        self._paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._in_flight is None and not self._processing:
+            self._process()
+
     def _checkIdle(self) -> None:
         # One timer per idle period, not a reset per request: requests only
         # note the time, which keeps the cached path cheap.
@@ -134,7 +170,7 @@ class SocketmapProtocol(Protocol):
             # Closed an idle period ago and still not gone: the client
             # reads none of what is left to send.
             self._idle = None
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._abort()
             return
         idle = self._factory.idle_timeout
         left = self._last + idle - self._factory.clock.seconds()
@@ -142,7 +178,7 @@ class SocketmapProtocol(Protocol):
             if self._paused:
                 # Replies unread for an idle period: they never will be.
                 self._idle = None
-                self.transport.abortConnection()  # type: ignore[union-attr]
+                self._abort()
                 return
             self._close()
             return
@@ -170,6 +206,15 @@ class SocketmapProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._checkIdle
         )
+
+    def _abort(self) -> None:
+        self._closing = True
+        self._buffer = b""
+        self._stopDeadline()
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _startDeadline(self) -> None:
         # Only for a request left incomplete by a read: Postfix sends each
@@ -218,6 +263,7 @@ class SocketmapProtocol(Protocol):
     def _parse(self) -> None:
         # The hot path: locals, and the loop ends when the buffer does.
         buf = self._buffer
+        turn = _TURN
         while buf:
             colon = buf.find(b":", 0, _MAX_DIGITS + 1)
             if colon < 0:
@@ -258,6 +304,10 @@ class SocketmapProtocol(Protocol):
                 # read the replies, or one read could make megabytes of them.
                 return
             buf = self._buffer
+            turn -= 1
+            if not turn and buf:
+                self._yieldTurn()
+                return
 
     def _request(self, payload: bytes) -> None:
         name, space, key = payload.partition(b" ")
