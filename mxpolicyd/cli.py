@@ -33,6 +33,8 @@ from mxpolicyd import __version__
 from mxpolicyd.config.load import Config, ConfigError, load
 from mxpolicyd.evidence.names import normalise
 from mxpolicyd.ops.times import utc
+from mxpolicyd.protocols.control import MAX_CONNECTIONS as CONTROL_CONNECTIONS
+from mxpolicyd.protocols.control import REQUEST_TIMEOUT as CONTROL_REQUEST_TIMEOUT
 from mxpolicyd.protocols.socketmap import netstring
 
 EXIT_FOUND = 0
@@ -463,18 +465,38 @@ def _print_admin(admin: dict[str, Any]) -> None:
 
 
 
+class ControlClosed(Exception):
+    """The daemon closed the control connection without a whole reply."""
+
+
 def control_request(path: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     """One exchange on the daemon's control socket."""
+    chunks: list[bytes] = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(json.dumps(request).encode("utf-8") + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            s.sendall(json.dumps(request).encode("utf-8") + b"\n")
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                # The reply is one line; the daemon closes after it.
+                if chunk.endswith(b"\n"):
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the daemon: said below
+    data = b"".join(chunks)
+    if not data:
+        raise ControlClosed(
+            "the daemon closed the connection without answering; it may be at its "
+            "limit of %d control connections (other commands or scripts hold them, "
+            "or silent clients for up to %g s): try again in a moment"
+            % (CONTROL_CONNECTIONS, CONTROL_REQUEST_TIMEOUT))
+    if not data.endswith(b"\n"):
+        raise ControlClosed("the daemon closed the connection in the middle of its reply "
+                            "(%d bytes received)" % len(data))
     reply = json.loads(data)
     if not isinstance(reply, dict):
         raise ValueError("the daemon sent no JSON object")
@@ -500,6 +522,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     try:
         reply = control_request(path, request)
         _debug(args, "control reply:", json.dumps(reply))
+    except ControlClosed as e:
+        print("mxpolicyd: control socket %s: %s" % (path, e), file=sys.stderr)
+        return EXIT_ERROR
     except (OSError, ValueError) as e:
         print("mxpolicyd: cannot reach the daemon at %s: %s" % (path, e), file=sys.stderr)
         return EXIT_ERROR

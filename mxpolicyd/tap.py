@@ -468,6 +468,7 @@ def make_daemon(config: Config, reactor: Any) -> Daemon:
         max_request_size=config.socketmap.max_request_size,
         idle_timeout=config.socketmap.idle_timeout,
         max_connections=config.socketmap.max_connections,
+        request_timeout=config.socketmap.request_timeout,
     )
     exim = EximFactory(
         EximResponder(cache, metrics).lookup,

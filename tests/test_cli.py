@@ -8,6 +8,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -161,6 +166,82 @@ class CommandConfigTests(SynchronousTestCase):
         for code, out, err in self.both_ways(self.path, "import-config", "in.yml"):
             self.assertEqual(code, cli.EXIT_ERROR)
             self.assertIn("does not read", err)
+
+
+class ControlServer:
+    """A unix socket server in a thread that answers one connection with C{reply}, then closes."""
+
+    def __init__(self, path: str, reply: bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(1)
+        self.sock.settimeout(10)
+        self.reply = reply
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            if self.reply:
+                conn.recv(4096)
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.sock.close()
+
+
+class ControlClientTests(SynchronousTestCase):
+    """What `mxpolicyd cache` says when the daemon closes the control connection."""
+
+    def setUp(self) -> None:
+        # A short directory: a unix socket's path has room for 107 bytes.
+        directory = tempfile.mkdtemp(prefix="mxpolicyd-cli-")
+        self.addCleanup(shutil.rmtree, directory)
+        self.control = os.path.join(directory, "control.sock")
+        self.path = os.path.join(directory, "mxpolicyd.toml")
+        Path(self.path).write_text('[control]\nsocket = "%s"\n[daemon]\nstate_directory = "%s"\n'
+                                   % (self.control, directory))
+
+    main = CommandConfigTests.main
+
+    def serve(self, reply: bytes) -> None:
+        server = ControlServer(self.control, reply)
+        self.addCleanup(server.close)
+
+    def test_closed_without_answer(self) -> None:
+        """A connection closed unanswered (the daemon at its limit) is explained, not a JSON error."""
+        self.serve(b"")
+        code, out, err = self.main("--config", self.path, "cache", "list")
+        self.assertEqual(code, cli.EXIT_ERROR)
+        self.assertIn("control socket %s: the daemon closed the connection without "
+                      "answering; it may be at its limit of 16 control connections" % self.control,
+                      err)
+        self.assertNotIn("Expecting value", err)
+
+    def test_reply_cut_off(self) -> None:
+        """A reply without its end is reported as cut off."""
+        self.serve(b'{"count": 1, "dom')
+        code, out, err = self.main("--config", self.path, "cache", "list")
+        self.assertEqual(code, cli.EXIT_ERROR)
+        self.assertIn("closed the connection in the middle of its reply (17 bytes received)",
+                      err)
+
+    def test_whole_reply(self) -> None:
+        """A whole reply is read and shown."""
+        self.serve(b'{"count": 0, "domains": []}\n')
+        code, out, err = self.main("--config", self.path, "cache", "list", "--json")
+        self.assertEqual((code, json.loads(out)), (cli.EXIT_FOUND, {"count": 0, "domains": []}))
+
+    def test_no_daemon(self) -> None:
+        """No daemon at all is still 'cannot reach'."""
+        code, out, err = self.main("--config", self.path, "cache", "list")
+        self.assertEqual(code, cli.EXIT_ERROR)
+        self.assertIn("cannot reach the daemon at %s" % self.control, err)
 
 
 class TwistedChatterTests(SynchronousTestCase):

@@ -92,7 +92,7 @@ class ConfigTests(SynchronousTestCase):
             {
                 "daemon": {"state_directory": "/srv/state"},
                 "socketmap": {"listen": ["tcp:9999", "unix:/run/m.sock:mode=660"],
-                              "idle_timeout": 5},
+                              "idle_timeout": 5, "request_timeout": 2},
                 "dns": {"nameservers": ["127.0.0.1", "::1"], "port": 5353},
                 "lookup": {"deadline": 0.5, "max_negative": 5000, "max_waiting": 0},
                 "mta_sts": {"txt_ttl_min": 1, "retry_interval": 600},
@@ -102,6 +102,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.socketmap.listen, ("tcp:9999", "unix:/run/m.sock:mode=660"))
         self.assertEqual(config.socketmap.idle_timeout, 5.0)
         self.assertIsInstance(config.socketmap.idle_timeout, float)
+        self.assertEqual(config.socketmap.request_timeout, 2.0)
+        self.assertIsInstance(config.socketmap.request_timeout, float)
         self.assertEqual(config.dns.nameservers, ("127.0.0.1", "::1"))
         self.assertEqual(config.store_path, "/srv/state/mxpolicyd.sqlite")
         self.assertEqual(config.mta_sts.txt_ttl_min, 1)
@@ -124,6 +126,9 @@ class ConfigTests(SynchronousTestCase):
             ({"socketmap": {"max_request_size": 10}}, "socketmap.max_request_size must be between"),
             ({"socketmap": {"idle_timeout": 0}}, "socketmap.idle_timeout must be greater than 0"),
             ({"socketmap": {"idle_timeout": True}}, "socketmap.idle_timeout must be a number"),
+            ({"socketmap": {"request_timeout": 0}}, "socketmap.request_timeout must be more than 0"),
+            ({"socketmap": {"request_timeout": 600}}, "at most 90 seconds, not 600"),
+            ({"socketmap": {"request_timeout": "5"}}, "socketmap.request_timeout must be a number"),
             ({"dns": {"nameservers": ["resolver.test"]}}, "dns.nameservers entry 'resolver.test' is not an IP"),
             ({"dns": {"port": 70000}}, "dns.port must be a port number"),
             ({"dns": {"colour": 1}}, "dns.colour is not a known setting"),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -125,6 +126,92 @@ class ControlLimitTests(SynchronousTestCase):
         self.assertEqual(self.factory.limit.open, 1)
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.factory.limit.open, 0)
+
+
+class ControlOneRequestTests(SynchronousTestCase):
+    """One command per connection, within a deadline; nothing more is read or kept."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.requests: list[dict[str, Any]] = []
+        self.pending: Deferred[dict[str, Any]] | None = None
+        self.factory = ControlFactory(self.command, self.clock)
+        proto = self.factory.buildProtocol(UNIXAddress(None))
+        assert proto is not None
+        self.proto = proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def command(self, request: dict[str, Any]) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        self.requests.append(request)
+        if self.pending is not None:
+            return self.pending
+        return {"ok": len(self.requests)}
+
+    def test_timeouts(self) -> None:
+        """Ten seconds to send the command, sixty to read the reply."""
+        self.assertEqual((self.factory.request_timeout, self.factory.reply_timeout),
+                         (10.0, 60.0))
+
+    def test_only_first_line_served(self) -> None:
+        """Lines after the first are neither run nor answered, and reading stops."""
+        self.proto.dataReceived(b'{"command": "list"}\n{"command": "forget"}\n')
+        self.assertEqual(self.requests, [{"command": "list"}])
+        self.assertEqual(self.transport.value(), b'{"ok": 1}\n')
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_nothing_kept_while_command_runs(self) -> None:
+        """While a slow command runs, further lines are dropped unread, not run and not buffered."""
+        self.pending = Deferred()
+        self.proto.dataReceived(b'{"command": "refresh", "domain": "a.test"}\n')
+        self.assertEqual(self.transport.producerState, "paused")
+        for _ in range(100):
+            self.proto.dataReceived(b'{"command": "refresh", "domain": "a.test"}\n' * 100)
+        self.assertEqual(len(self.requests), 1)
+        self.assertEqual(self.proto._buffer, b"")
+        self.pending.callback({"done": True})
+        self.assertEqual(self.transport.value(), b'{"done": true}\n')
+
+    def test_silent_connection_times_out(self) -> None:
+        """A connection that sends no complete command in 10 s gets an error and is closed."""
+        self.proto.dataReceived(b'{"command": ')
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.dataReceived(b'"li')
+        self.clock.advance(0.1)
+        self.assertEqual(json.loads(self.transport.value()),
+                         {"error": "no complete request within 10 s"})
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.requests, [])
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.limit.open, 0)
+
+    def test_slow_command_not_timed(self) -> None:
+        """The deadline is for sending the command; the command itself may take longer."""
+        self.pending = Deferred()
+        self.proto.dataReceived(b'{"command": "refresh", "domain": "a.test"}\n')
+        self.clock.advance(30)
+        self.assertFalse(self.transport.disconnecting)
+        self.pending.callback({"done": True})
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unread_reply_aborted(self) -> None:
+        """A client that never reads its reply is cut off 60 s after it was written."""
+        self.proto.dataReceived(b'{"command": "list"}\n')
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_no_timers_after_close(self) -> None:
+        """A closed connection leaves no timer, and a command finishing after it writes nothing."""
+        self.pending = Deferred()
+        self.proto.dataReceived(b'{"command": "list"}\n')
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.pending.callback({"late": True})
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class ControlConfigTests(SynchronousTestCase):

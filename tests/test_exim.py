@@ -65,6 +65,19 @@ class EximProtocolTests(SynchronousTestCase):
         self.proto.dataReceived(b"a.test\nb.test\n")
         self.assertEqual(self.keys, [b"a.test"])
 
+    def test_reading_stops_after_request(self) -> None:
+        """Once the request is in, the connection is not read and later data is not kept."""
+        pending: Deferred[bytes] = Deferred()
+        self.answers[b"a.test"] = pending
+        self.proto.dataReceived(b"a.test\nb.te")
+        self.assertEqual(self.transport.producerState, "paused")
+        for _ in range(100):
+            self.proto.dataReceived(b"b.test\n" * 1000)
+        self.assertEqual(self.proto._buffer, b"")
+        self.assertEqual(self.keys, [b"a.test"])
+        pending.callback(b"action=none\n")
+        self.assertEqual(self.transport.value(), b"action=none\n")
+
     def test_empty_request(self) -> None:
         """An empty request gets a temp action naming the problem."""
         self.proto.readConnectionLost()

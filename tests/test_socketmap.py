@@ -240,6 +240,228 @@ class SocketmapProtocolTests(SynchronousTestCase):
         self.assertEqual(self.factory.limit.refusals.total, 6)
 
 
+class RequestDeadlineTests(SynchronousTestCase):
+    """A request must be complete within request_timeout of its first byte; idle time is apart."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.lookups = Lookups()
+        self.factory = SocketmapFactory(
+            self.lookups, self.clock, idle_timeout=10, request_timeout=3,
+        )
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        self.proto = proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_default(self) -> None:
+        """Ten seconds unless told otherwise."""
+        self.assertEqual(SocketmapFactory(self.lookups, self.clock).request_timeout, 10.0)
+
+    def test_slow_drip_cut_off(self) -> None:
+        """One byte a second does not hold the connection past the deadline: PERM, then a close."""
+        for byte in b"20:postfix exam":
+            if self.transport.disconnecting:
+                break
+            self.proto.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.assertEqual(self.transport.value(),
+                         netstring(b"PERM no complete request within 3 s"))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.clock.seconds(), 3)
+        self.assertEqual(self.lookups.calls, [])
+
+    def test_deadline_counts_from_first_byte(self) -> None:
+        """Bytes after the first do not postpone the deadline."""
+        self.proto.dataReceived(b"20:")
+        self.clock.advance(2.5)
+        self.proto.dataReceived(b"postfix")
+        self.clock.advance(0.4)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIn(b"PERM no complete request", self.transport.value())
+
+    def test_complete_request_in_time(self) -> None:
+        """A request completed before its deadline is answered and the connection stays open."""
+        self.proto.dataReceived(b"9:postfix")
+        self.clock.advance(2.9)
+        self.proto.dataReceived(b" a,")
+        self.clock.advance(2)
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_each_request_its_own_deadline(self) -> None:
+        """The next request's deadline starts with its own first byte, even in the same read."""
+        self.proto.dataReceived(b"9:postfix")
+        self.clock.advance(2)
+        self.proto.dataReceived(b" a,9:post")
+        self.clock.advance(2.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(),
+                         b"9:NOTFOUND ," + netstring(b"PERM no complete request within 3 s"))
+
+    def test_idle_between_requests_unchanged(self) -> None:
+        """Between requests only idle_timeout applies, and it closes without a reply."""
+        self.proto.dataReceived(b"9:postfix a,")
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,")
+
+    def test_pending_lookup_has_no_deadline(self) -> None:
+        """Data sent ahead while a lookup runs is not timed until the reply is written."""
+        pending: Deferred[bytes] = Deferred()
+        self.lookups.answers[b"a"] = pending
+        self.proto.dataReceived(b"9:postfix a,9:post")
+        self.clock.advance(4)
+        self.assertFalse(self.transport.disconnecting)
+        pending.callback(b"NOTFOUND ")
+        self.clock.advance(2.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertIn(b"PERM no complete request", self.transport.value())
+
+    def test_no_timers_after_close(self) -> None:
+        """A connection lost mid-request leaves no timer behind."""
+        self.proto.dataReceived(b"9:post")
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PauseTests(SynchronousTestCase):
+    """The protocol as its transport's streaming producer: no reading or parsing while paused."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.lookups = Lookups()
+        self.factory = SocketmapFactory(self.lookups, self.clock, idle_timeout=5,
+                                        request_timeout=3)
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        self.proto = proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_registered(self) -> None:
+        """The protocol registers itself as a streaming producer on its transport, paused beyond 16 KiB."""
+        self.assertIs(self.transport.producer, self.proto)
+        self.assertTrue(self.transport.streaming)
+        self.assertEqual(self.transport.bufferSize, 16 * 1024)  # type: ignore[attr-defined]
+
+    def test_pause_stops_parsing(self) -> None:
+        """Requests already read wait while paused and are answered, in order, on resume."""
+        self.proto.pauseProducing()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,")
+        self.assertEqual((self.lookups.calls, self.transport.value()), ([], b""))
+        self.proto.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual([k for _, k in self.lookups.calls], [b"a", b"b"])
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ,9:NOTFOUND ,")
+
+    def test_pause_mid_segment(self) -> None:
+        """A pause during a reply stops the rest of the segment until resumed."""
+        answered: list[bytes] = []
+
+        def lookup(name: bytes, key: bytes) -> bytes:
+            answered.append(key)
+            if key == b"b":
+                self.proto.pauseProducing()  # as the transport does on a full buffer
+            return b"NOTFOUND "
+
+        self.factory.lookup = self.proto._lookup = lookup
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,9:postfix c,9:postfix d,")
+        self.assertEqual(answered, [b"a", b"b"])
+        self.proto.resumeProducing()
+        self.assertEqual(answered, [b"a", b"b", b"c", b"d"])
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 4)
+
+    def test_deferred_answer_while_paused(self) -> None:
+        """A lookup answered while paused writes its reply; the next request waits for resume."""
+        pending: Deferred[bytes] = Deferred()
+        self.lookups.answers[b"a"] = pending
+        self.proto.dataReceived(b"9:postfix a,9:postfix b,")
+        self.proto.pauseProducing()
+        pending.callback(b"OK dane")
+        self.assertEqual(self.transport.value(), b"7:OK dane,")
+        self.assertEqual(len(self.lookups.calls), 1)
+        self.proto.resumeProducing()
+        self.assertEqual(self.transport.value(), b"7:OK dane,9:NOTFOUND ,")
+
+    def test_no_flood_refusal_while_paused(self) -> None:
+        """Data held while paused is the daemon's doing, not a flood: no PERM."""
+        self.proto.pauseProducing()
+        self.proto.dataReceived(b"9:postfix a," * 100)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.resumeProducing()
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 100)
+
+    def test_paused_has_no_request_deadline(self) -> None:
+        """A request cut short by a pause is timed again only once the client reads."""
+        self.proto.dataReceived(b"9:post")
+        self.proto.pauseProducing()
+        self.clock.advance(4)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.resumeProducing()
+        self.clock.advance(3)
+        self.assertIn(b"PERM no complete request", self.transport.value())
+
+    def test_unread_replies_aborted_when_idle(self) -> None:
+        """A client that reads none of its replies for an idle period is cut off at once."""
+        self.proto.dataReceived(b"9:postfix a,")
+        self.proto.pauseProducing()
+        self.clock.advance(5)
+        self.assertTrue(self.transport.disconnected)  # abortConnection
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_turns(self) -> None:
+        """Pipelined requests are answered a hundred per reactor turn, without reading meanwhile."""
+        self.proto.dataReceived(b"9:postfix a," * 250)
+        self.assertEqual(len(self.lookups.calls), 100)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [0, 5])
+        # Clock runs the turns queued meanwhile too; a reactor polls between them.
+        self.clock.advance(0)
+        self.assertEqual(len(self.lookups.calls), 250)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value(), b"9:NOTFOUND ," * 250)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the idle timer
+
+    def test_one_turn_is_enough(self) -> None:
+        """A hundred requests or fewer, and partial ones after them, take no extra turn."""
+        self.proto.dataReceived(b"9:postfix a," * 100)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_lost_between_turns(self) -> None:
+        """A connection lost between turns leaves no timer and answers nothing more."""
+        self.proto.dataReceived(b"9:postfix a," * 250)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.lookups.calls), 100)
+
+    def test_close_unregisters(self) -> None:
+        """Closing unregisters the producer, or the transport would never finish closing."""
+        self.proto.dataReceived(b"x")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.transport.producer)
+
+    def test_close_aborted_if_never_read(self) -> None:
+        """A close that the client does not let finish within an idle period is an abort."""
+        self.clock.advance(5)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(5)
+        self.assertTrue(self.transport.disconnected)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class ShortSocket:
     """A socket that takes at most C{room} bytes per send, or raises C{error}."""
 
@@ -317,6 +539,94 @@ class WriteThroughTests(SynchronousTestCase):
         proto.dataReceived(b"9:postfix a,")
         self.assertEqual(sock.sent, [])
 
+
+class BackPressureTests(SynchronousTestCase):
+    """
+    A real TCP transport over a socketpair: a client that pipelines and does
+    not read fills the transport's buffer, which stops reading and parsing.
+    """
+
+    REPLY = b"OK secure match=" + b"mx.example.test:" * 60 + b" servername=hostname"
+
+    def setUp(self) -> None:
+        self.lookups = Lookups()
+        self.lookups.answers[b"a"] = self.REPLY
+        self.clock = Clock()
+        self.factory = SocketmapFactory(self.lookups, self.clock)
+        self.reactor = MemoryReactor()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        proto = self.factory.buildProtocol(ADDR)
+        assert proto is not None
+        self.proto = proto
+        self.transport = tcp.Connection(ours, proto, self.reactor)  # type: ignore[arg-type]
+        self.transport.connected = True
+        proto.makeConnection(self.transport)
+        self.transport.startReading()
+
+    def buffered(self) -> int:
+        return len(self.transport.dataBuffer) + self.transport._tempDataLen
+
+    def drain(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return out
+            out += chunk
+
+    def test_pipelined_without_reading(self) -> None:
+        """One read of 2,000 requests answers only what fills the buffer, then stops reading."""
+        requests = 2000
+        self.proto.dataReceived(b"9:postfix a," * requests)
+        answered = len(self.lookups.calls)
+        self.assertLess(answered, requests // 4)
+        self.assertLessEqual(self.buffered(), self.transport.bufferSize + len(self.REPLY) + 10)
+        self.assertNotIn(self.transport, self.reactor.getReaders())
+        # The client reads; each emptied buffer resumes the protocol.
+        received = b""
+        for _ in range(1000):
+            received += self.drain()
+            if len(self.lookups.calls) == requests and not self.buffered():
+                break
+            self.transport.doWrite()
+            self.clock.advance(0)
+        received += self.drain()
+        self.assertEqual(received, netstring(self.REPLY) * requests)
+        self.assertIn(self.transport, self.reactor.getReaders())
+
+    def test_direct_writes_again_after_drain(self) -> None:
+        """Once a paused connection's buffer has drained, replies go straight to the socket again."""
+        self.proto.dataReceived(b"9:postfix a," * 100)
+        for _ in range(1000):
+            self.drain()
+            if len(self.lookups.calls) == 100 and not self.buffered():
+                break
+            self.transport.doWrite()
+            self.clock.advance(0)
+        self.drain()
+        # Now every reply goes through Twisted's buffer: exactly enough of
+        # them to pause the protocol after the last.
+        size = len(netstring(self.REPLY))
+        count = self.transport.bufferSize // size + 1
+        self.proto.dataReceived(b"9:postfix a," * count)
+        self.assertTrue(self.proto._paused)
+        for _ in range(1000):
+            self.drain()
+            if not self.buffered():
+                break
+            self.transport.doWrite()
+            self.clock.advance(0)
+        self.assertFalse(self.proto._paused)
+        self.drain()
+        self.proto.dataReceived(b"9:postfix b,")
+        self.assertEqual(self.drain(), b"9:NOTFOUND ,")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
 
 class SocketmapPropertyTests(SynchronousTestCase):
     @given(chunks=st.lists(st.binary(max_size=40), max_size=20))

@@ -36,6 +36,9 @@ class SocketmapConfig:
     max_request_size: int = 10000
     idle_timeout: float = 60.0
     max_connections: int = 1000
+    # Seconds from a request's first byte to its last: a client dripping
+    # bytes must not hold a connection slot.
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,13 @@ def parse(data: Mapping[str, Any], source: str = "(string)",
         ),
         idle_timeout=sm.positive("idle_timeout", 60.0),
         max_connections=sm.positive("max_connections", 1000),
+        request_timeout=sm.get(
+            "request_timeout", 10.0, (int, float),
+            lambda v: None
+            if 0 < v <= 90
+            else "must be more than 0 and at most 90 seconds, not %r (Postfix sends "
+            "each request whole: a few seconds is plenty)" % (v,),
+        ),
     )
     sm.finish()
 

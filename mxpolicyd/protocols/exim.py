@@ -7,6 +7,11 @@ keeps the write side open and the request must end with a newline.  So a
 request ends at the first newline or at the half-close, whichever comes
 first.  The protocol parses bytes, calls the injected C{lookup(key)} and
 writes the line it returns; it knows nothing of caches, DNS or HTTP.
+
+Every peer may be hostile: the request is bounded in bytes
+(C{max_request_size}) and in time (C{timeout}), and once it is in, the
+connection is not read any more, so whatever a client sends after it costs
+the daemon neither memory nor work.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class EximProtocol(Protocol):
 
     def _request(self, line: bytes) -> None:
         self._answered = True
+        self._buffer = b""
+        # One request per connection: read nothing more while it is answered.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
         key = line.rstrip(b"\r").strip()
         if not key:
             self._reply(error_line("empty request: send the domain"))
