@@ -18,12 +18,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL.crypto import X509Store
+from service_identity import VerificationError
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import PrivateCertificate, TLSVersion
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -697,23 +700,32 @@ class RealPathTests(SynchronousTestCase):
         self.assertTrue(pump.clientIO.aborted)
 
     def test_wrong_name(self) -> None:
-        """A certificate for another name fails as 'tls' and says so."""
-        d, _, _ = self.serve(WRONG_NAME)
+        """A certificate for another name fails as 'tls' and says so; no request reaches the server."""
+        resource = PolicyResource()
+        d, _, _ = self.serve(WRONG_NAME, resource)
         error = self.failureResultOf(d, FetchError).value
         self.assertEqual(error.kind, "tls")
         self.assertEqual(str(error), f"{HOST}: certificate not valid for this name")
+        self.assertEqual(resource.requests, [])
 
     def test_expired(self) -> None:
-        """An expired certificate fails as 'tls'."""
-        d, _, _ = self.serve(EXPIRED)
+        """An expired certificate fails as 'tls'; no request reaches the server."""
+        resource = PolicyResource()
+        d, _, _ = self.serve(EXPIRED, resource)
         error = self.failureResultOf(d, FetchError).value
         self.assertEqual(error.kind, "tls")
         self.assertIn(HOST, str(error))
+        self.assertIn("certificate verify failed", str(error))
+        self.assertEqual(resource.requests, [])
 
     def test_untrusted_ca(self) -> None:
-        """A certificate from a CA outside the trust root fails as 'tls'."""
-        d, _, _ = self.serve(UNTRUSTED)
-        self.assertEqual(self.failureResultOf(d, FetchError).value.kind, "tls")
+        """A certificate from a CA outside the trust root fails as 'tls'; no request reaches the server."""
+        resource = PolicyResource()
+        d, _, _ = self.serve(UNTRUSTED, resource)
+        error = self.failureResultOf(d, FetchError).value
+        self.assertEqual(error.kind, "tls")
+        self.assertIn("certificate verify failed", str(error))
+        self.assertEqual(resource.requests, [])
 
     def test_trust_root_file_with_several_certificates(self) -> None:
         """Every certificate of the trust_root PEM file is trusted, not only the first."""
@@ -868,19 +880,233 @@ class RealPathTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients, [])
 
 
-class TLSSettingsTests(SynchronousTestCase):
-    def test_options_for_policy_host(self) -> None:
-        """TLS options name the policy host, use the configured trust root and require TLS 1.2 or later."""
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        self.patch(fetch, "optionsForClientTLS", lambda *a, **kw: calls.append((a, kw)))
-        fetcher = PolicyFetcher(
-            MemoryReactorClock(), FakeResolver(), trust_root=write_pem(self, CA)
+# -- one TLS context for every fetch -------------------------------------------
+
+OTHER_DOMAIN = "other.test"
+OTHER_HOST = "mta-sts.other.test"
+
+
+def client_connection(creator: Any) -> SSL.Connection:
+    """The OpenSSL connection C{creator} makes for a TLS client protocol."""
+    factory = TLSMemoryBIOFactory(creator, True, Factory.forProtocol(Protocol))
+    return creator.clientConnectionForTLS(factory.buildProtocol(None))
+
+
+class _Talker(Protocol):
+    """Sends a line once connected; records what comes back and how it ended."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.reason: Failure | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"hello\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reason = reason
+
+
+class _Just(Factory):
+    """Builds one given protocol."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def handshake(creator: Any, issued: Issued) -> tuple[bytes, Failure | None]:
+    """
+    A TLS client made by C{creator} against an in-memory echo server that
+    presents C{issued}: what the client got back, and why its connection
+    ended (None while it is open, as after a good handshake).
+    """
+    clock = Clock()
+    kw = {"clock": clock} if _TLS_TAKES_CLOCK else {}
+    talker = _Talker()
+    client_factory = TLSMemoryBIOFactory(creator, True, _Just(talker), **kw)
+    server_factory = TLSMemoryBIOFactory(
+        issued.server_options(), False, Factory.forProtocol(_Echo), **kw
+    )
+    address = IPv4Address("TCP", "192.0.2.10", 443)
+    client = client_factory.buildProtocol(address)
+    server = server_factory.buildProtocol(address)
+    pump = iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True),
+        client,
+        iosim.FakeTransport(client, isServer=False),
+        greet=False,
+    )
+    for _ in range(30):
+        clock.advance(0)
+        pump.flush()
+    return talker.received, talker.reason
+
+
+class SharedContextTests(SynchronousTestCase):
+    """
+    The trust root is loaded into one OpenSSL context when the fetcher is
+    built; every fetch's connection uses that context, with its own SNI and
+    its own name check.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def fetcher(self, resolver: FakeResolver | None = None, **options: Any) -> PolicyFetcher:
+        options.setdefault("trust_root", write_pem(self, CA))
+        return PolicyFetcher(
+            self.reactor, resolver or resolver_for(a=["192.0.2.10"]), **options
         )
-        fetcher.tls_options(HOST)
-        [(args, kw)] = calls
-        self.assertEqual(args, (HOST,))
-        self.assertIs(kw["trustRoot"], fetcher._trust)
-        self.assertEqual(kw["extraCertificateOptions"], {"raiseMinimumTo": TLSVersion.TLSv1_2})
+
+    def count_calls(self, owner: Any, name: str) -> list[Any]:
+        """Record every call of method C{name} of class C{owner}, still calling it."""
+        calls: list[Any] = []
+        original = getattr(owner, name)
+
+        def counted(this: Any, *args: Any) -> Any:
+            calls.append(args)
+            return original(this, *args)
+
+        self.patch(owner, name, counted)
+        return calls
+
+    def fetch_many(self, fetcher: PolicyFetcher, issued: Issued, count: int) -> list[Failure | bytes]:
+        """C{count} fetches in turn from servers presenting C{issued}, each to its end."""
+        results: list[Failure | bytes] = []
+        for index in range(count):
+            d = fetcher.fetch(DOMAIN)
+            d.addBoth(results.append)
+            server = TLSServer(issued, PolicyResource())
+            pump = server.accept(self.reactor, index)
+            server.run(self.reactor, pump)
+        return results
+
+    def test_system_store_loaded_once(self) -> None:
+        """With the system trust store, it is loaded when the fetcher is built and not again for each fetch; each fetch still verifies against it."""
+        loads = self.count_calls(SSL.Context, "set_default_verify_paths")
+        fetcher = PolicyFetcher(self.reactor, resolver_for(a=["192.0.2.10"]))
+        self.assertEqual(len(loads), 1)
+        results = self.fetch_many(fetcher, GOOD, 5)
+        self.assertEqual(len(results), 5)
+        for result in results:
+            # Our test CA is not in the system store.
+            assert isinstance(result, Failure)
+            self.assertEqual(result.value.kind, "tls")
+            self.assertIn("certificate verify failed", str(result.value))
+        self.assertEqual(len(loads), 1)
+
+    def test_trust_root_file_loaded_once(self) -> None:
+        """A trust_root file's certificates go into the trust store once, however many fetches follow."""
+        added = self.count_calls(X509Store, "add_cert")
+        fetcher = self.fetcher(trust_root=write_pem(self, CA, OTHER_CA))
+        self.assertEqual(len(added), 2)
+        self.assertEqual(self.fetch_many(fetcher, GOOD, 3), [POLICY] * 3)
+        self.assertEqual(len(added), 2)
+
+    def test_every_connection_on_the_one_context(self) -> None:
+        """Connections for different hosts come from the same context, each with its own SNI."""
+        fetcher = self.fetcher()
+        first = client_connection(fetcher.tls_options(HOST))
+        second = client_connection(fetcher.tls_options(OTHER_HOST))
+        self.assertIs(first.get_context(), fetcher._tls.context)
+        self.assertIs(second.get_context(), fetcher._tls.context)
+        self.assertEqual(first.get_servername(), HOST.encode())
+        self.assertEqual(second.get_servername(), OTHER_HOST.encode())
+
+    def test_context_settings(self) -> None:
+        """The shared context verifies the peer, requires its certificate and refuses anything older than TLS 1.2."""
+        context = self.fetcher()._tls.context
+        required = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        self.assertEqual(context.get_verify_mode() & required, required)
+        old = SSL.OP_NO_SSLv3 | SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1
+        self.assertEqual(context.set_options(0) & old, old)
+
+    def test_host_must_be_an_a_label(self) -> None:
+        """A host that is not an ASCII host name gets no connection (the SNI and name check need its A-label)."""
+        fetcher = self.fetcher()
+        for host in ("mta-sts.b\u00fccher.test", "mta-sts..test", ""):
+            self.assertRaises(ValueError, client_connection, fetcher.tls_options(host))
+
+    def test_name_checked_per_connection(self) -> None:
+        """One context, sequential handshakes: each certificate is checked against its own connection's host."""
+        fetcher = self.fetcher()
+        received, reason = handshake(fetcher.tls_options(HOST), GOOD)
+        self.assertEqual((received, reason), (b"hello\n", None))
+        received, reason = handshake(fetcher.tls_options(OTHER_HOST), GOOD)
+        self.assertEqual(received, b"")
+        assert reason is not None
+        reason.trap(VerificationError)
+        received, reason = handshake(fetcher.tls_options(HOST), GOOD)
+        self.assertEqual((received, reason), (b"hello\n", None))
+
+    def test_no_weakening(self) -> None:
+        """On the shared context a wrong name, an expired and an untrusted certificate each fail the handshake, and the client sends nothing."""
+        fetcher = self.fetcher()
+        for issued, error in (
+            (WRONG_NAME, VerificationError),
+            (EXPIRED, SSL.Error),
+            (UNTRUSTED, SSL.Error),
+        ):
+            received, reason = handshake(fetcher.tls_options(HOST), issued)
+            self.assertEqual(received, b"")
+            assert reason is not None
+            reason.trap(error)
+
+    def test_concurrent_fetches_checked_each_for_its_host(self) -> None:
+        """
+        Two fetches for different hosts in flight at once on the one context,
+        both servers presenting the certificate for the first host: exactly
+        the fetch for the other host fails, whichever started first.
+        """
+        for bad_first in (False, True):
+            self.reactor = MemoryReactorClock()
+            resolver = FakeResolver(
+                {(HOST, A): ["192.0.2.10"], (OTHER_HOST, A): ["192.0.2.20"]}
+            )
+            fetcher = self.fetcher(resolver)
+            added = self.count_calls(X509Store, "add_cert")
+            order = [OTHER_DOMAIN, DOMAIN] if bad_first else [DOMAIN, OTHER_DOMAIN]
+            results = {domain: fetcher.fetch(domain) for domain in order}
+            self.assertEqual(len(self.reactor.tcpClients), 2)
+            servers = {}
+            pumps = []
+            for index, domain in enumerate(order):
+                address = "192.0.2.20" if domain == OTHER_DOMAIN else "192.0.2.10"
+                self.assertEqual(self.reactor.tcpClients[index][0], address)
+                servers[domain] = TLSServer(GOOD, PolicyResource())
+                pumps.append((servers[domain], servers[domain].accept(self.reactor, index)))
+            # One step on each connection in turn, so both handshakes overlap.
+            for _ in range(200):
+                self.reactor.advance(0)
+                for server, pump in pumps:
+                    server.clock.advance(0)
+                    pump.pump()
+            self.assertEqual(self.successResultOf(results[DOMAIN]), POLICY)
+            error = self.failureResultOf(results[OTHER_DOMAIN], FetchError).value
+            self.assertEqual(error.kind, "tls")
+            self.assertEqual(str(error), f"{OTHER_HOST}: certificate not valid for this name")
+            self.assertEqual(servers[DOMAIN].server_names, [HOST.encode()])
+            self.assertEqual(servers[OTHER_DOMAIN].server_names, [OTHER_HOST.encode()])
+            self.assertEqual(len(servers[DOMAIN].factory.wrappedFactory.resource.requests), 1)
+            self.assertEqual(servers[OTHER_DOMAIN].factory.wrappedFactory.resource.requests, [])
+            # Both ran on the fetcher's one context: no trust root loaded for them.
+            self.assertEqual(added, [])
+
+
+class TLSSettingsTests(SynchronousTestCase):
 
     def test_endpoint_factory_only_policy_host(self) -> None:
         """The endpoint factory refuses any URL but https://<policy host>/."""

@@ -312,3 +312,69 @@ class RedisExposureTests(SynchronousTestCase):
         store.close()
         warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 2, warnings)
+
+
+class ReloadTrustRootTests(SynchronousTestCase):
+    def test_reload_loads_changed_trust_root(self) -> None:
+        """The trust root is loaded once at start, and a reload that changes mta_sts.trust_root loads the new one into a new TLS context which the new fetches use."""
+        from OpenSSL.crypto import X509Store
+        from service_identity import VerificationError
+        from twisted.application.service import MultiService
+
+        from mxpolicyd import tap
+        from mxpolicyd.answers.postfix import PostfixResponder
+        from mxpolicyd.cache.policycache import PolicyCache
+        from mxpolicyd.config.load import load
+        from mxpolicyd.net.https import PolicyFetcher
+        from mxpolicyd.ops.metrics import Metrics
+        from mxpolicyd.tap import Daemon
+        from tests.test_fetch import CA, GOOD, HOST, OTHER_CA, UNTRUSTED, handshake, write_pem
+
+        fetchers: list[PolicyFetcher] = []
+
+        class RecordedFetcher(PolicyFetcher):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                fetchers.append(self)
+
+        self.patch(tap, "PolicyFetcher", RecordedFetcher)
+        added: list[Any] = []
+        add_cert = X509Store.add_cert
+        self.patch(X509Store, "add_cert", lambda store, cert: (added.append(cert), add_cert(store, cert)))
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "m.toml")
+
+        def write(trust_root: str) -> None:
+            with open(path, "w") as f:
+                f.write('[daemon]\nstate_directory = "%s"\n[dns]\nnameservers = ["127.0.0.1"]\n'
+                        '[mta_sts]\ntrust_root = "%s"\n' % (directory, trust_root))
+
+        write(write_pem(self, CA))
+        config = load(path)
+        reactor = MemoryReactorClock()
+        cache = PolicyCache(reactor, build_evaluator(config, reactor))
+        metrics = Metrics()
+        daemon = Daemon(MultiService(), cache, None,  # type: ignore[arg-type]
+                        PostfixResponder(reactor, cache, config.profiles, metrics=metrics),
+                        None, metrics, config, reactor)
+        [before] = fetchers
+        self.assertEqual(len(added), 1)
+        for _ in range(3):
+            self.assertIsNone(handshake(before.tls_options(HOST), GOOD)[1])
+        self.assertIsNotNone(handshake(before.tls_options(HOST), UNTRUSTED)[1])
+        self.assertEqual(len(added), 1)
+
+        write(write_pem(self, OTHER_CA))
+        self.assertTrue(daemon.reload(path))
+        [_, after] = fetchers
+        self.assertEqual(len(added), 2)
+        self.assertIsNot(after._tls.context, before._tls.context)
+        self.assertIs(cache._evaluations.evaluator._sts._fetcher, after)  # type: ignore[attr-defined]
+        self.assertIsNone(handshake(after.tls_options(HOST), UNTRUSTED)[1])
+        self.assertIsNotNone(handshake(after.tls_options(HOST), GOOD)[1])
+        reason = handshake(after.tls_options("mta-sts.other.test"), UNTRUSTED)[1]
+        assert reason is not None
+        reason.trap(VerificationError)
+        self.assertEqual(len(added), 2)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dns.rdatatype
 from OpenSSL import SSL
 from service_identity import VerificationError
+from service_identity.pyopenssl import verify_hostname
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import (
@@ -37,8 +39,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import (
     Certificate,
+    CertificateOptions,
     TLSVersion,
-    optionsForClientTLS,
     platformTrust,
     trustRootFromCertificates,
 )
@@ -59,6 +61,7 @@ from zope.interface import implementer
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
 
     from mxpolicyd.net.dns import Answer
 
@@ -201,6 +204,89 @@ def load_trust_root(path: str) -> IOpenSSLTrustRoot:
     except Exception as e:
         raise ValueError(f"{path}: unreadable PEM certificate: {e}") from e
     return trustRootFromCertificates(certificates)
+
+
+class _ClientTLSContext:
+    """
+    The one OpenSSL context every policy fetch of a L{PolicyFetcher} uses:
+    TLS 1.2 or later, the peer's chain verified against the trust root,
+    which is loaded once, when this is built (building a context per fetch
+    re-reads the system store each time, tens of milliseconds of CPU).
+
+    What differs between fetches is per connection: L{connection} sets the
+    SNI of the policy host, and the context's info callback checks the
+    certificate's name against that connection's host when its handshake
+    is done, failing the connection with the L{VerificationError} as
+    Twisted's own client options do.
+    """
+
+    _log = Logger()
+
+    def __init__(self, trust: IOpenSSLTrustRoot) -> None:
+        """
+        @param trust: the CA certificates to verify the peer's chain against.
+        """
+        options = CertificateOptions(
+            trustRoot=trust, raiseMinimumTo=TLSVersion.TLSv1_2
+        )
+        self.context: SSL.Context = options.getContext()
+        self.context.set_info_callback(self._info)
+        # The policy host of each live connection; weak, so that an entry
+        # goes with its connection.
+        self._hosts: weakref.WeakKeyDictionary[SSL.Connection, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def connection(self, host: str, tls_protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """
+        A client connection on the shared context for C{host}, an A-label
+        name: SNI set, its name checked when the handshake is done.
+
+        @param tls_protocol: the TLS protocol that runs the connection; it
+            is what a failed name check aborts.
+        """
+        if not _valid_host(host):
+            raise ValueError(f"{host!r}: not a valid policy host name")
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tls_protocol)
+        connection.set_tlsext_host_name(host.encode("ascii"))
+        self._hosts[connection] = host
+        connection.set_connect_state()
+        return connection
+
+    def _info(self, connection: SSL.Connection, where: int, ret: int) -> None:
+        """
+        The context's info callback: at the end of each handshake, the
+        certificate must be valid for the connection's policy host, or the
+        connection fails. Anything unexpected fails it too, since OpenSSL
+        callbacks cannot raise.
+        """
+        if not where & SSL.SSL_CB_HANDSHAKE_DONE:
+            return
+        try:
+            host = self._hosts.get(connection)
+            if host is None:
+                raise RuntimeError("TLS connection with no policy host recorded")
+            verify_hostname(connection, host)
+        except BaseException:  # noqa: BLE001 -- fail closed on anything
+            failure = Failure()
+            if not failure.check(VerificationError):
+                self._log.failure("While checking a policy host certificate", failure)
+            tls_protocol = connection.get_app_data()
+            if tls_protocol is not None:
+                tls_protocol.failVerification(failure)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _PolicyHostTLS:
+    """TLS for one fetch: connections for its policy host on the shared context."""
+
+    def __init__(self, shared: _ClientTLSContext, host: str) -> None:
+        self._shared = shared
+        self._host = host
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return self._shared.connection(self._host, tlsProtocol)
 
 
 class _Connections:
@@ -501,8 +587,9 @@ class PolicyFetcher:
         @param resolver: our DNS client (L{mxpolicyd.net.dns.Resolver}); the
             policy host is resolved through it and nothing else.
         @param trust_root: path of a PEM file of CA certificates to trust
-            instead of the system store; read now, so a bad file fails at
-            start-up.
+            instead of the system store. Either is loaded now, once, into
+            the TLS context all fetches share, so a bad file fails at
+            start-up; a reload builds a new fetcher.
         @param timeout: deadline in seconds over the whole exchange, from the
             first DNS query to the last body byte.
         @param max_size: largest accepted body, in decoded bytes.
@@ -518,6 +605,13 @@ class PolicyFetcher:
         self._trust: IOpenSSLTrustRoot = (
             platformTrust() if trust_root is None else load_trust_root(trust_root)
         )
+        try:
+            self._tls = _ClientTLSContext(self._trust)
+        except SSL.Error as e:
+            raise ValueError(
+                f"{trust_root or 'system trust store'}: cannot be loaded: "
+                f"{_tls_reason(e)}"
+            ) from e
         self._timeout = timeout
         self._max_size = max_size
         self._port = port
@@ -680,12 +774,11 @@ class PolicyFetcher:
         )
 
     def tls_options(self, host: str) -> IOpenSSLClientConnectionCreator:
-        """SNI, chain to the trust root, name check for C{host}, TLS >= 1.2."""
-        return optionsForClientTLS(
-            host,
-            trustRoot=self._trust,
-            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
-        )
+        """
+        SNI, chain to the trust root, name check for C{host}, TLS >= 1.2; on
+        the fetcher's one context, so the trust root is not loaded again.
+        """
+        return _PolicyHostTLS(self._tls, host)
 
     def _check_response(self, domain: str, host: str, response: IResponse) -> None:
         code = response.code
